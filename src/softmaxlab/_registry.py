@@ -1,0 +1,139 @@
+"""The one registry of probability mappings.
+
+Every mapping is described once, by a :class:`Mapping` record, and everything else (the
+``nn`` modules, the CLI, the lab, the tests and the benchmarks) iterates :func:`mappings`.
+Parameters are :class:`Param` records: the public functions validate their arguments with
+them, so the ranges listed here are the ranges enforced.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["Param", "Mapping", "register", "get_mapping", "mapping_of", "mappings"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A keyword parameter of a mapping: default, accepted types, valid range.
+
+    ``check(value) -> bool`` decides the range; ``valid`` are further good values the tests
+    sweep; ``bad`` are values that must raise (``TypeError`` when the type is wrong, else
+    ``ValueError``).
+    """
+
+    name: str
+    default: Any
+    types: tuple[type, ...]
+    check: Callable[[Any], bool]
+    description: str
+    valid: tuple = ()
+    bad: tuple = ()
+
+    def validate(self, value: Any) -> Any:
+        """Return ``value`` if it is acceptable, else raise naming the parameter and value."""
+        if isinstance(value, torch.Tensor):
+            if torch.Tensor not in self.types:
+                raise TypeError(f"{self.name} must be {self.description}, got a tensor")
+            if not value.is_floating_point():
+                raise TypeError(f"{self.name} must be a floating-point tensor, got {value.dtype}")
+            if not bool(self.check(value.detach())):
+                raise ValueError(f"{self.name} must be {self.description}, got {value}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, self.types):
+            raise TypeError(
+                f"{self.name} must be {self.description}, got {value!r} ({type(value).__name__})"
+            )
+        if not self.check(value):
+            raise ValueError(f"{self.name} must be {self.description}, got {value!r}")
+        return value
+
+
+def positive_real(name: str, default: float, *, tensor: bool = True, **kw: Any) -> Param:
+    """A strictly positive, finite real parameter (float, int, or a floating tensor)."""
+
+    def check(v: Any) -> bool:
+        if isinstance(v, torch.Tensor):
+            return bool(((v > 0) & torch.isfinite(v)).all())
+        return v > 0 and math.isfinite(v)
+
+    types = (numbers.Real, torch.Tensor) if tensor else (numbers.Real,)
+    return Param(name, default, types, check, "a finite number > 0", **kw)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One probability mapping (or its relative) and what it promises.
+
+    ``fn(x, dim=-1, *, **params, mask=None)`` maps logits to the output; ``log_fn`` is its
+    log form (``None`` when it has none); ``loss`` names its natural training loss.
+    Property flags are checked by the test suite for every registered mapping.
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    log_fn: Callable[..., torch.Tensor] | None
+    loss: str | None
+    params: tuple[Param, ...] = ()
+    normalized: bool = True
+    sparse: bool = False
+    shift_invariant: bool = False
+    scale_invariant: bool = False
+    training_only: bool = False
+    summary: str = ""
+    formula: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The default keyword arguments."""
+        return {p.name: p.default for p in self.params}
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(f"{self.name} has no parameter {name!r}")
+
+
+_REGISTRY: dict[str, Mapping] = {}
+
+
+def register(mapping: Mapping) -> Mapping:
+    """Add ``mapping`` to the registry (names are unique)."""
+    if mapping.name in _REGISTRY:
+        raise ValueError(f"mapping {mapping.name!r} is already registered")
+    _REGISTRY[mapping.name] = mapping
+    return mapping
+
+
+def mappings() -> tuple[Mapping, ...]:
+    """All registered mappings, in registration order."""
+    import softmaxlab.functional  # noqa: F401  (registers the built-in mappings)
+
+    return tuple(_REGISTRY.values())
+
+
+def mapping_of(fn: Callable) -> Mapping:
+    """The mapping whose function or log function is ``fn``."""
+    for m in mappings():
+        if fn in (m.fn, m.log_fn):
+            return m
+    raise ValueError(f"{fn!r} is not a registered mapping function")
+
+
+def get_mapping(name: str) -> Mapping:
+    """The mapping called ``name``; a ``ValueError`` lists the valid names otherwise."""
+    import softmaxlab.functional  # noqa: F401
+
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown mapping {name!r}; valid names: {', '.join(_REGISTRY)}"
+        ) from None

@@ -1,0 +1,47 @@
+"""Sigsoftmax: exponential times sigmoid, normalized (breaks the softmax bottleneck)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._registry import Mapping, register
+from ._common import apply_along, log_score_mapping
+
+
+def _log_sigsoftmax_score(z: torch.Tensor, _excluded: torch.Tensor) -> torch.Tensor:
+    return z + F.logsigmoid(z)
+
+
+def sigsoftmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Sigsoftmax (Kanai et al. 2018).
+
+    .. math:: p_i = e^{z_i}\sigma(z_i) / \sum_j e^{z_j}\sigma(z_j)
+
+    computed in log space as :math:`z + \log\sigma(z)`. Not shift-invariant. Shapes,
+    ``dim`` and ``mask`` as in :func:`softmaxlab.softmax`.
+
+    Example:
+        >>> sigsoftmax(torch.tensor([-2.0, 0.0, 0.5]))
+        tensor([0.0105, 0.3242, 0.6654])
+    """
+    return apply_along(x, dim, mask, lambda z, e: log_score_mapping(z, e, _log_sigsoftmax_score, False))
+
+
+def log_sigsoftmax(
+    x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Log of :func:`sigsoftmax`: :math:`z_i + \log\sigma(z_i) - \mathrm{lse}_j(z_j + \log\sigma(z_j))`."""
+    return apply_along(x, dim, mask, lambda z, e: log_score_mapping(z, e, _log_sigsoftmax_score, True))
+
+
+register(
+    Mapping(
+        "sigsoftmax",
+        sigsoftmax,
+        log_sigsoftmax,
+        loss="cross_entropy",
+        summary="exp(z) * sigmoid(z), normalized",
+        formula="e^z sigmoid(z) / sum e^z sigmoid(z)",
+    )
+)

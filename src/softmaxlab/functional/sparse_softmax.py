@@ -1,0 +1,60 @@
+"""Sparse (top-k) softmax: softmax over the k largest logits, zero elsewhere."""
+
+from __future__ import annotations
+
+import torch
+
+from .._registry import Mapping, Param, register
+from ._common import NEG_INF, apply_along, check_dim, check_input, exp_normalize
+
+K = Param("k", 1, (int,), lambda k: k >= 1, "an integer >= 1 (and <= the size of dim)",
+          valid=(2, 3), bad=(0, -1, 2.0))
+
+
+def _check_k(x: torch.Tensor, dim: int, k: object) -> None:
+    check_input(x)
+    K.validate(k)
+    n = x.shape[check_dim(x, dim)] if x.dim() else 1
+    if k > n:
+        raise ValueError(f"k must be <= the size of dim {dim} ({n}), got k={k}")
+
+
+def sparse_softmax(
+    x: torch.Tensor, dim: int = -1, *, k: int = 1, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Sparse-softmax (Sun et al. 2021): softmax restricted to the k largest logits.
+
+    .. math:: p_i = \frac{e^{z_i}}{\sum_{j \in \mathrm{top}_k(z)} e^{z_j}}
+              \ \text{for } i \in \mathrm{top}_k(z), \quad p_i = 0 \text{ otherwise}
+
+    Only the top-k logits receive gradient. Ties at the k-th value are broken by
+    ``torch.topk``. Shift-invariant. Shapes, ``dim`` and ``mask`` as in
+    :func:`softmaxlab.softmax`; masked entries are never chosen while kept ones remain.
+
+    Example:
+        >>> sparse_softmax(torch.tensor([-2.0, 0.0, 0.5]), k=2)
+        tensor([0.0000, 0.3775, 0.6225])
+    """
+    _check_k(x, dim, k)
+
+    def core(z, excluded):
+        z = z if excluded is None else z.masked_fill(excluded, NEG_INF)
+        top, idx = z.topk(k, dim=-1)
+        return torch.zeros_like(z).scatter(-1, idx, exp_normalize(top, False))
+
+    return apply_along(x, dim, mask, core)
+
+
+register(
+    Mapping(
+        "sparse_softmax",
+        sparse_softmax,
+        None,
+        loss="sparse_softmax_loss",
+        params=(K,),
+        sparse=True,
+        shift_invariant=True,
+        summary="softmax over the k largest logits",
+        formula="exp(z_i) / sum_{top-k} exp(z_j) on the top k, 0 elsewhere",
+    )
+)

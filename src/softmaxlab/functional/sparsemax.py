@@ -1,0 +1,290 @@
+"""Sparse projections onto the simplex: sparsemax, 1.5-entmax (exact, sort-based) and
+alpha-entmax (bisection, differentiable in alpha)."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import torch
+
+from .._registry import Mapping, Param, register
+from .softmax import softmax
+from ._common import (
+    NEG_INF,
+    apply_along,
+    check_broadcast,
+    check_dim,
+    check_input,
+    excluded_entries,
+    exp_normalize,
+)
+
+
+def _shifted_sorted(z: torch.Tensor, excluded: torch.Tensor | None, scale: float = 1.0):
+    """(z - max) * scale with excluded entries at -inf, its descending sort, and which
+    sorted entries are finite (kept and not NaN)."""
+    z = z.masked_fill(excluded_entries(z, excluded), NEG_INF)
+    m = z.amax(-1, keepdim=True)
+    zs = (z - m.masked_fill(m == NEG_INF, 0.0)) * scale
+    srt = zs.sort(-1, descending=True).values
+    finite = torch.isfinite(srt)
+    return zs, srt.masked_fill(~finite, 0.0), finite
+
+
+def _ranks(z: torch.Tensor) -> torch.Tensor:
+    return torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+
+
+def _threshold_at(values: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """values[..., k-1] with k = the support size (0 where the row has nothing kept)."""
+    k = support.sum(-1, keepdim=True)
+    return values.gather(-1, (k - 1).clamp(min=0)), k
+
+
+class _Sparsemax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, excluded: torch.Tensor | None) -> torch.Tensor:
+        zs, srt, finite = _shifted_sorted(z, excluded)
+        cs = srt.cumsum(-1)
+        support = (1 + _ranks(z) * srt > cs) & finite
+        cs_k, k = _threshold_at(cs, support)
+        tau = ((cs_k - 1) / k.clamp(min=1)).masked_fill(k == 0, 0.0)
+        p = (zs - tau).clamp(min=0)
+        ctx.save_for_backward(p)
+        return p
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        # Jacobian diag(s) - s s^T / |S|, s = support indicator.
+        (p,) = ctx.saved_tensors
+        s = (p > 0).to(g.dtype)
+        mean = (g * s).sum(-1, keepdim=True) / s.sum(-1, keepdim=True).clamp(min=1)
+        return s * (g - mean), None
+
+
+class _Entmax15(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, excluded: torch.Tensor | None) -> torch.Tensor:
+        # p = [z/2 - tau]_+^2 (Peters et al. 2019, Alg. 2 on z/2).
+        zs, srt, finite = _shifted_sorted(z, excluded, scale=0.5)
+        r = _ranks(z)
+        mean = srt.cumsum(-1) / r
+        mean_sq = srt.square().cumsum(-1) / r
+        delta = (1 - r * (mean_sq - mean.square())) / r
+        tau = mean - delta.clamp(min=0).sqrt()
+        support = (tau <= srt) & finite
+        tau_k, k = _threshold_at(tau, support)
+        p = (zs - tau_k.masked_fill(k == 0, 0.0)).clamp(min=0).square()
+        ctx.save_for_backward(p)
+        return p
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (p,) = ctx.saved_tensors
+        return _entmax_input_grad(g, p.sqrt()), None
+
+
+def _entmax_input_grad(g: torch.Tensor, gppr: torch.Tensor) -> torch.Tensor:
+    """Vector-Jacobian product of alpha-entmax: gppr * g - gppr * <gppr, g> / sum gppr,
+    where gppr = p^(2 - alpha) on the support."""
+    dz = g * gppr
+    total = gppr.sum(-1, keepdim=True)
+    q = dz.sum(-1, keepdim=True) / total.masked_fill(total == 0, 1.0)
+    return dz - q * gppr
+
+
+def _xlogx(p: torch.Tensor) -> torch.Tensor:
+    return torch.where(p > 0, p * p.clamp(min=torch.finfo(p.dtype).tiny).log(), 0.0)
+
+
+@dataclass(frozen=True)
+class _BisectOptions:
+    n_iter: int
+
+
+class _EntmaxBisect(torch.autograd.Function):
+    """alpha-entmax by bisection on tau; rows with alpha == 1 are softmax, alpha == 2 exact
+    sparsemax. Gradients for both the logits and alpha."""
+
+    @staticmethod
+    def forward(ctx, z, alpha, excluded, opts: _BisectOptions):
+        alpha = alpha.to(z.dtype)
+        excl = excluded_entries(z, excluded)
+        is_one = alpha == 1
+        am1 = alpha.masked_fill(is_one, 2.0) - 1
+        x = z.masked_fill(excl, NEG_INF) * am1
+        m = x.amax(-1, keepdim=True)
+        x = x - m.masked_fill(m == NEG_INF, 0.0)
+        kept = (~excl).sum(-1, keepdim=True).clamp(min=1).to(z.dtype)
+        lo = torch.full_like(m, -1.0)
+        width = 1 - kept.pow(-am1)  # hi - lo, hi = -(1/d)^(alpha-1): there sum p <= 1
+        expo = am1.reciprocal()
+        for _ in range(opts.n_iter):
+            width = width / 2
+            mid = lo + width
+            f = (x - mid).clamp(min=0).pow(expo).sum(-1, keepdim=True) - 1
+            lo = torch.where(f >= 0, mid, lo)
+        p = (x - mid).clamp(min=0).pow(expo)
+        total = p.sum(-1, keepdim=True)
+        p = p / total.masked_fill(total == 0, 1.0)
+        if bool(is_one.any()):
+            p = torch.where(is_one, exp_normalize(z.masked_fill(excl, NEG_INF), False), p)
+        is_two = alpha == 2
+        if bool(is_two.any()):
+            p = torch.where(is_two, _Sparsemax.apply(z, excl), p)
+        ctx.save_for_backward(p, alpha)
+        return p
+
+    @staticmethod
+    def backward(ctx, g):
+        p, alpha = ctx.saved_tensors
+        is_one = alpha == 1
+        am1 = alpha.masked_fill(is_one, 2.0) - 1
+        gppr = torch.where(p > 0, p.pow(2 - alpha), 0.0)
+        dz = _entmax_input_grad(g, gppr)
+        dalpha = None
+        if ctx.needs_input_grad[1]:
+            # dp/dalpha = (p - y)/(a-1)^2 - (p log p - y H)/(a-1), y = gppr / sum gppr,
+            # H = sum p log p; at alpha = 1 the limit: p (E_p[log^2 p] - log^2 p) / 2.
+            total = gppr.sum(-1, keepdim=True)
+            y = gppr / total.masked_fill(total == 0, 1.0)
+            plogp = _xlogx(p)
+            ent = plogp.sum(-1, keepdim=True)
+            dp = (p - y) / am1.square() - (plogp - y * ent) / am1
+            logp_sq = torch.where(p > 0, p.clamp(min=torch.finfo(p.dtype).tiny).log().square(), 0.0)
+            dp_one = p * ((p * logp_sq).sum(-1, keepdim=True) - logp_sq) / 2
+            dalpha = (g * torch.where(is_one, dp_one, dp)).sum(-1, keepdim=True)
+        return dz, dalpha, None, None
+
+
+def sparsemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Sparsemax (Martins & Astudillo 2016): the Euclidean projection onto the simplex.
+
+    .. math:: \mathrm{sparsemax}(z) = \arg\min_{p \in \Delta} \|p - z\|^2 = [z - \tau]_+
+
+    with :math:`\tau` from a sort of the row. Exact zeros outside the support; Jacobian
+    :math:`\mathrm{diag}(s) - s s^\top/|S|`. Shift-invariant. Shapes, ``dim`` and ``mask`` as
+    in :func:`softmaxlab.softmax`.
+
+    Example:
+        >>> sparsemax(torch.tensor([-2.0, 0.0, 0.5]))
+        tensor([0.0000, 0.2500, 0.7500])
+    """
+    return apply_along(x, dim, mask, _Sparsemax.apply)
+
+
+def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+    r"""1.5-entmax (Peters et al. 2019), exact and sort-based.
+
+    .. math:: \arg\max_{p\in\Delta} p^\top z + H^T_{1.5}(p) = [z/2 - \tau]_+^2
+
+    Sparse like sparsemax, smoother like softmax. Shapes, ``dim`` and ``mask`` as in
+    :func:`softmaxlab.softmax`.
+
+    Example:
+        >>> entmax15(torch.tensor([-2.0, 0.0, 0.5]))
+        tensor([0.0000, 0.3260, 0.6740])
+    """
+    return apply_along(x, dim, mask, _Entmax15.apply)
+
+
+def _check_alpha(alpha: object) -> None:
+    if isinstance(alpha, torch.Tensor):
+        if not alpha.is_floating_point():
+            raise TypeError(f"alpha must be a float or a floating tensor, got {alpha.dtype}")
+        a = alpha.detach()
+        if not bool(((a >= 1) & torch.isfinite(a)).all()):
+            raise ValueError(f"alpha must be >= 1 and finite, got {alpha}")
+        return
+    ALPHA.validate(alpha)
+
+
+def entmax(
+    x: torch.Tensor,
+    dim: int = -1,
+    *,
+    alpha: float | torch.Tensor = 1.5,
+    n_iter: int = 50,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""alpha-entmax (Peters et al. 2019): softmax at 1, sparsemax at 2, sparse in between.
+
+    .. math:: \arg\max_{p\in\Delta} p^\top z + H^T_\alpha(p)
+              = [(\alpha-1) z - \tau]_+^{1/(\alpha-1)}
+
+    ``alpha >= 1``: a float, or a tensor broadcastable to ``x`` with size 1 along ``dim``
+    (per-row, learnable: the gradient with respect to ``alpha`` is exact, also at 1).
+    ``alpha`` 1 and 2 are computed exactly; other values by ``n_iter`` bisection steps on
+    :math:`\tau`. Shapes, ``dim`` and ``mask`` as in :func:`softmaxlab.softmax`.
+
+    Example:
+        >>> entmax(torch.tensor([-2.0, 0.0, 0.5]), alpha=2.0)
+        tensor([0.0000, 0.2500, 0.7500])
+    """
+    check_input(x)
+    _check_alpha(alpha)
+    N_ITER.validate(n_iter)
+    if not isinstance(alpha, torch.Tensor):
+        if alpha == 1:
+            return softmax(x, dim, mask=mask)
+        if alpha == 2:
+            return sparsemax(x, dim, mask=mask)
+        alpha = torch.tensor(float(alpha))
+    d = check_dim(x, dim)
+    rows = list(x.shape) or [1]
+    rows[d] = 1
+    check_broadcast(alpha, torch.Size(rows), "alpha")
+    a = alpha.to(x.device).broadcast_to(rows).movedim(d, -1)
+    opts = _BisectOptions(n_iter)
+    return apply_along(x, dim, mask, lambda z, e: _EntmaxBisect.apply(z, a, e, opts))
+
+
+ALPHA = Param(
+    "alpha",
+    1.5,
+    (numbers.Real, torch.Tensor),
+    lambda a: a >= 1 and a < float("inf"),
+    "a finite number >= 1 (or a floating tensor of them)",
+    valid=(1.0, 1.25, 2.0, 3.0),
+    bad=(0.5, 0.0, -1.0, float("inf"), float("nan"), "1.5"),
+)
+N_ITER = Param("n_iter", 50, (int,), lambda n: n >= 1, "an integer >= 1", bad=(0, -3, 2.5))
+
+register(
+    Mapping(
+        "sparsemax",
+        sparsemax,
+        None,
+        loss="fenchel_young",
+        sparse=True,
+        shift_invariant=True,
+        summary="Euclidean projection onto the simplex",
+        formula="argmin_{p in simplex} ||p - z||^2",
+    )
+)
+register(
+    Mapping(
+        "entmax15",
+        entmax15,
+        None,
+        loss="fenchel_young",
+        sparse=True,
+        shift_invariant=True,
+        summary="1.5-entmax, exact (sort-based)",
+        formula="[z/2 - tau]_+^2",
+    )
+)
+register(
+    Mapping(
+        "entmax",
+        entmax,
+        None,
+        loss="fenchel_young",
+        params=(ALPHA, N_ITER),
+        sparse=True,
+        shift_invariant=True,
+        summary="alpha-entmax: softmax (1) to sparsemax (2) and beyond",
+        formula="[(alpha-1) z - tau]_+^(1/(alpha-1))",
+    )
+)

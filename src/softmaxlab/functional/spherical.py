@@ -1,0 +1,64 @@
+"""Spherical softmax: squares (plus eps) divided by their sum."""
+
+from __future__ import annotations
+
+import torch
+
+from .._registry import Mapping, positive_real, register
+from ._common import apply_along, log_score_mapping, safe_where
+
+EPS = positive_real("eps", 0.01, tensor=False, valid=(1e-4, 1.0), bad=(0.0, -0.01, "0.01"))
+
+
+def log_spherical_score(z: torch.Tensor, eps: float) -> torch.Tensor:
+    r""":math:`\log(z^2 + \epsilon)`, as :math:`2\log|z| + \log(1 + \epsilon/z^2)` for
+    :math:`|z| \ge 1` so that logits of 1e30 do not overflow."""
+    small = z.abs() < 1
+    zs = safe_where(small, z, 0.0)
+    zb = safe_where(~small, z, 1.0)
+    big = 2 * zb.abs().log() + torch.log1p(eps / zb.square())
+    return torch.where(small, (zs.square() + eps).log(), big)
+
+
+def _spherical(x, dim, eps, mask, log):
+    EPS.validate(eps)
+    return apply_along(
+        x, dim, mask, lambda z, e: log_score_mapping(z, e, lambda s, _: log_spherical_score(s, eps), log)
+    )
+
+
+def spherical_softmax(
+    x: torch.Tensor, dim: int = -1, *, eps: float = 0.01, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Spherical softmax (Vincent et al. 2015; de Brébisson & Vincent 2016).
+
+    .. math:: p_i = (z_i^2 + \epsilon) / \sum_j (z_j^2 + \epsilon)
+
+    Symmetric in the sign of each logit; ``eps > 0`` keeps it defined at ``z = 0``.
+    Shapes, ``dim`` and ``mask`` as in :func:`softmaxlab.softmax`.
+
+    Example:
+        >>> spherical_softmax(torch.tensor([-2.0, 0.0, 0.5]))
+        tensor([0.9369, 0.0023, 0.0607])
+    """
+    return _spherical(x, dim, eps, mask, log=False)
+
+
+def log_spherical_softmax(
+    x: torch.Tensor, dim: int = -1, *, eps: float = 0.01, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    r"""Log of :func:`spherical_softmax`: :math:`\log(z_i^2+\epsilon) - \log\sum_j(z_j^2+\epsilon)`."""
+    return _spherical(x, dim, eps, mask, log=True)
+
+
+register(
+    Mapping(
+        "spherical_softmax",
+        spherical_softmax,
+        log_spherical_softmax,
+        loss="cross_entropy",
+        params=(EPS,),
+        summary="squared logits plus eps, normalized",
+        formula="(z^2 + eps) / sum (z^2 + eps)",
+    )
+)

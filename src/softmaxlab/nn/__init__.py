@@ -1,0 +1,45 @@
+"""Modules: one per mapping (same signature as the functional), and layers for the lab."""
+
+from .mappings import (
+    ActivationNormalize,
+    Entmax,
+    Entmax15,
+    LogActivationNormalize,
+    LogSigSoftmax,
+    LogSoftmax,
+    LogSphericalSoftmax,
+    LogTaylorSoftmax,
+    MappingModule,
+    Normalize,
+    OvaSigmoid,
+    SigSoftmax,
+    Softmax,
+    SparseSoftmax,
+    Sparsemax,
+    SphericalSoftmax,
+    TaylorSoftmax,
+    module_for,
+)
+from .maxout import Maxout
+
+__all__ = [
+    "ActivationNormalize",
+    "Entmax",
+    "Entmax15",
+    "LogActivationNormalize",
+    "LogSigSoftmax",
+    "LogSoftmax",
+    "LogSphericalSoftmax",
+    "LogTaylorSoftmax",
+    "MappingModule",
+    "Maxout",
+    "Normalize",
+    "OvaSigmoid",
+    "SigSoftmax",
+    "Softmax",
+    "SparseSoftmax",
+    "Sparsemax",
+    "SphericalSoftmax",
+    "TaylorSoftmax",
+    "module_for",
+]
