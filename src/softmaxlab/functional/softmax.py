@@ -25,7 +25,9 @@ def _softmax(x, dim, temperature, mask, log):
     z = x.float() if x.dtype in LOW_PRECISION else x
     if isinstance(temperature, torch.Tensor):
         check_broadcast(temperature, x.shape, "temperature")
-        z = z / temperature.to(z.device)
+        # -inf / T has an infinite derivative in T: divide only kept entries (no NaN grads)
+        excluded = torch.isneginf(z)
+        z = (z.masked_fill(excluded, 0.0) / temperature.to(z.device)).masked_fill(excluded, NEG_INF)
     elif temperature != 1.0:
         z = z / temperature
 

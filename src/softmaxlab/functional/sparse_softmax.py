@@ -39,8 +39,9 @@ def sparse_softmax(
 
     def core(z, excluded):
         z = z if excluded is None else z.masked_fill(excluded, NEG_INF)
-        top, idx = z.topk(k, dim=-1)
-        return torch.zeros_like(z).scatter(-1, idx, exp_normalize(top, False))
+        top, idx = z.topk(k, dim=-1)  # NaN counts as the largest value: it is always in top
+        out = torch.zeros_like(z).scatter(-1, idx, exp_normalize(top, False))
+        return out.masked_fill(top.isnan().any(-1, keepdim=True), float("nan"))
 
     return apply_along(x, dim, mask, core)
 

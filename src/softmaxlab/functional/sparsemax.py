@@ -230,7 +230,7 @@ def entmax(
             return softmax(x, dim, mask=mask)
         if alpha == 2:
             return sparsemax(x, dim, mask=mask)
-        alpha = torch.tensor(float(alpha))
+        alpha = torch.tensor(float(alpha), dtype=torch.float64)
     d = check_dim(x, dim)
     rows = list(x.shape) or [1]
     rows[d] = 1
