@@ -1,0 +1,146 @@
+"""Cross-entropy for every normalized mapping with a log form, soft-margin (SM) softmax and
+the sparse-softmax loss."""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_real, log_mapping
+from ._common import (
+    as_rows,
+    check_label_smoothing,
+    check_reduction,
+    class_weights,
+    nll_rows,
+    reduce,
+    weighted_reduce,
+)
+
+
+def log_probs(name: str, logits: torch.Tensor, params: dict) -> torch.Tensor:
+    """Log-probabilities of mapping ``name`` along the last dim (``ValueError`` when the
+    mapping has no log form)."""
+    return log_mapping(name, params).log_fn(logits, -1, **params)
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    mapping: str = "softmax",
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    **mapping_params,
+) -> torch.Tensor:
+    r"""Negative log-likelihood of any normalized mapping with a log form.
+
+    .. math:: \ell_i = -w_{y_i} \log p_{y_i}(z_i), \quad p = \texttt{mapping}(z)
+
+    With ``mapping="softmax"`` it equals ``torch.nn.functional.cross_entropy`` in value and
+    gradient for every combination of ``weight``, ``ignore_index``, ``reduction`` and
+    ``label_smoothing`` (and gives 0, not NaN, when every row is ignored).
+
+    Args:
+        logits: ``(C,)``, ``(N, C)`` or ``(N, C, d1, ...)`` (class dimension 1, as torch).
+        target: class indices ``()``, ``(N,)`` or ``(N, d1, ...)``.
+        mapping: registry name (``softmax``, ``taylor_softmax``, ``spherical_softmax``,
+            ``sigsoftmax``, ``activation_normalize``, ...); ``**mapping_params`` go to it.
+        weight: per-class weights ``(C,)``.
+
+    Example:
+        >>> z = torch.tensor([[2.0, 0.0, -1.0]]); t = torch.tensor([0])
+        >>> cross_entropy(z, t)
+        tensor(0.1698)
+        >>> cross_entropy(z, t, mapping="taylor_softmax", order=2)
+        tensor(0.2624)
+    """
+    reduction = check_reduction(reduction)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    rows = as_rows(logits, target, ignore_index)
+    w = class_weights(weight, rows.n_classes, rows.logits)
+    logp = log_probs(mapping, rows.logits, mapping_params)
+    loss, w_rows = nll_rows(logp, rows, w, label_smoothing)
+    return reduce(loss, w_rows, rows, reduction).to(logits.dtype)
+
+
+def soft_margin_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    margin: float,
+    mapping: str = "softmax",
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    **mapping_params,
+) -> torch.Tensor:
+    r"""Soft-margin softmax (SM-softmax) and SM-Taylor softmax (Banerjee et al. 2020).
+
+    .. math:: \ell = -\log \frac{f(z_y - m)}{f(z_y - m) + \sum_{j \ne y} f(z_j)}
+
+    with :math:`f = \exp` (``mapping="softmax"``) or the Taylor polynomial :math:`f_n`
+    (``mapping="taylor_softmax"``, ``order=n``). The target must win by ``margin`` ``m >= 0``;
+    a training-time loss (predict with the plain mapping). Other arguments as
+    :func:`cross_entropy`.
+
+    Example:
+        >>> z = torch.tensor([[2.0, 0.0, -1.0]]); t = torch.tensor([0])
+        >>> soft_margin_loss(z, t, margin=1.0) > cross_entropy(z, t)
+        tensor(True)
+    """
+    if mapping not in ("softmax", "taylor_softmax"):
+        raise ValueError(f"mapping must be 'softmax' or 'taylor_softmax', got {mapping!r}")
+    m = check_real("margin", margin, low=0.0)
+    rows = as_rows(logits, target, ignore_index)
+    shifted = rows.logits - m * (rows.onehot() * rows.keep[:, None])
+    return cross_entropy(
+        shifted, _as_row_target(rows, ignore_index), mapping=mapping, weight=weight,
+        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+        **mapping_params,
+    ).reshape(rows.batch_shape if reduction == "none" else ())
+
+
+def _as_row_target(rows, ignore_index: int) -> torch.Tensor:
+    """The rows' targets with ignored rows restored to ``ignore_index``."""
+    return rows.target.masked_fill(~rows.keep, ignore_index)
+
+
+def sparse_softmax_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    k: int,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Sparse-softmax loss (Sun et al. 2021): cross-entropy normalized over the top k.
+
+    .. math:: \ell = \log \sum_{j \in S} e^{z_j} - z_y, \quad S = \mathrm{top}_k(z) \cup \{y\}
+
+    The target is kept in the normalizer when it falls outside the top k, so the loss is
+    never negative; only the logits in :math:`S` receive gradient.
+
+    Example:
+        >>> z = torch.tensor([[3.0, 2.0, -1.0, -2.0]])
+        >>> sparse_softmax_loss(z, torch.tensor([0]), k=2)
+        tensor(0.3133)
+    """
+    from ..functional.sparse_softmax import K
+
+    reduction = check_reduction(reduction)
+    rows = as_rows(logits, target, ignore_index)
+    K.validate(k)
+    if k > rows.n_classes:
+        raise ValueError(f"k must be <= the number of classes ({rows.n_classes}), got k={k}")
+    w = class_weights(weight, rows.n_classes, rows.logits)
+    z = rows.logits
+    top, idx = z.topk(k, dim=-1)
+    zt = z.gather(-1, rows.target[:, None])[:, 0]
+    lse = top.logsumexp(-1)
+    outside = ~(idx == rows.target[:, None]).any(-1)
+    lse = torch.where(outside, torch.logaddexp(lse, zt), lse)
+    return weighted_reduce(lse - zt, w, rows, reduction).to(logits.dtype)

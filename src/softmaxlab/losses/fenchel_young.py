@@ -1,0 +1,98 @@
+"""Fenchel-Young losses: the natural losses of sparsemax, 1.5-entmax and alpha-entmax."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from .._registry import get_mapping
+from ._common import (
+    as_rows,
+    check_label_smoothing,
+    check_reduction,
+    class_weights,
+    weighted_reduce,
+)
+
+FY_MAPPINGS = {"sparsemax": 2.0, "entmax15": 1.5, "entmax": None}
+
+
+def tsallis_entropy(p: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    r"""Tsallis alpha-entropy along the last dim:
+    :math:`H_\alpha(p) = (1 - \sum_i p_i^\alpha) / (\alpha(\alpha - 1))`, Shannon at 1."""
+    if not isinstance(alpha, torch.Tensor):
+        alpha = torch.tensor(float(alpha), dtype=p.dtype, device=p.device)
+    is_one = alpha == 1
+    a = alpha.masked_fill(is_one, 2.0)
+    tsallis = (1 - p.clamp(min=0).pow(a).sum(-1, keepdim=True)) / (a * (a - 1))
+    shannon = -torch.where(p > 0, p * p.clamp(min=torch.finfo(p.dtype).tiny).log(), 0.0).sum(
+        -1, keepdim=True)
+    return torch.where(is_one, shannon, tsallis)[..., 0]
+
+
+class _FenchelYoung(torch.autograd.Function):
+    """Per-row loss <z, p - q> + H(p) - H(q) with gradient p - q (p = the mapping of z)."""
+
+    @staticmethod
+    def forward(ctx, z, q, p, alpha):
+        diff = p - q
+        inner = torch.where(diff != 0, z * diff, 0.0).sum(-1)  # -inf logits have p = q = 0
+        loss = inner + tsallis_entropy(p, alpha) - tsallis_entropy(q, alpha)
+        ctx.save_for_backward(diff)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        (diff,) = ctx.saved_tensors
+        return g[:, None] * diff, None, None, None
+
+
+def fenchel_young_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    mapping: str = "sparsemax",
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    **mapping_params,
+) -> torch.Tensor:
+    r"""Fenchel-Young loss of a sparse mapping (Blondel et al. 2020).
+
+    .. math:: \ell(z, q) = \langle z, p - q\rangle + H_\alpha(p) - H_\alpha(q),
+              \quad p = \texttt{mapping}(z), \quad \nabla_z \ell = p - q
+
+    with :math:`q` the one-hot target (smoothed by ``label_smoothing``) and :math:`H_\alpha`
+    the Tsallis entropy: ``sparsemax`` (alpha 2), ``entmax15`` (1.5) or ``entmax`` (its
+    ``alpha``, a float; alpha 1 gives the softmax cross-entropy). Non-negative, zero exactly
+    when ``p == q``. A row's class weight multiplies its whole loss. Layout and other
+    arguments as :func:`softmaxlab.losses.cross_entropy`.
+
+    Example:
+        >>> z = torch.tensor([[-2.0, 0.0, 0.5]])
+        >>> fenchel_young_loss(z, torch.tensor([2]))  # sparsemax [0, .25, .75]
+        tensor(0.0625)
+    """
+    if mapping not in FY_MAPPINGS:
+        raise ValueError(f"mapping must be one of {list(FY_MAPPINGS)}, got {mapping!r}")
+    reduction = check_reduction(reduction)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    alpha = FY_MAPPINGS[mapping]
+    if alpha is None:
+        alpha = mapping_params.get("alpha", 1.5)
+        if isinstance(alpha, torch.Tensor) or isinstance(alpha, bool) or not isinstance(
+            alpha, numbers.Real
+        ):
+            raise TypeError(f"alpha must be a float for fenchel_young_loss, got {alpha!r}")
+    rows = as_rows(logits, target, ignore_index)
+    w = class_weights(weight, rows.n_classes, rows.logits)
+    z = rows.logits
+    with torch.no_grad():
+        p = get_mapping(mapping).fn(z.detach(), -1, **mapping_params)
+    q = rows.onehot()
+    if label_smoothing > 0:
+        q = (1 - label_smoothing) * q + label_smoothing / rows.n_classes
+    loss = _FenchelYoung.apply(z, q, p, alpha)
+    return weighted_reduce(loss, w, rows, reduction).to(logits.dtype)

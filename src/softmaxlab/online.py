@@ -1,0 +1,117 @@
+r"""The online softmax normalizer (Milakov & Gimelshein 2018) as a public, mergeable value.
+
+A row's normalizer is the pair (running max ``m``, sum ``d`` of ``exp(x - m)``). Built from
+any chunk of the row, two states merge associatively:
+
+.. math:: (m, d) \oplus (m', d') = (M,\ d\,e^{m - M} + d'\,e^{m' - M}), \quad M = \max(m, m')
+
+so a huge row can be streamed in chunks, split across devices, and normalized after one pass;
+``logsumexp = m + log d``. ``softmax_topk`` uses it to return the top-k probabilities without
+materializing the softmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+
+import torch
+
+from ._checks import check_int
+from .functional._common import LOW_PRECISION, NEG_INF, check_dim, check_input
+
+__all__ = ["OnlineState", "online_logsumexp", "softmax_topk"]
+
+
+@dataclass(frozen=True)
+class OnlineState:
+    """Running ``max`` and ``sum`` of ``exp(x - max)`` per row (shape: the batch shape).
+
+    A row with no entry yet (or only ``-inf``) has ``max = -inf, sum = 0``.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+        >>> s = OnlineState.from_chunk(x[:, :1]).merge(OnlineState.from_chunk(x[:, 1:]))
+        >>> torch.allclose(s.logsumexp(), x.logsumexp(-1))
+        True
+    """
+
+    max: torch.Tensor
+    sum: torch.Tensor
+
+    @classmethod
+    def empty(cls, shape: tuple[int, ...] | torch.Size, *, dtype=torch.float32, device=None):
+        """The identity of :meth:`merge`."""
+        return cls(torch.full(tuple(shape), NEG_INF, dtype=dtype, device=device),
+                   torch.zeros(tuple(shape), dtype=dtype, device=device))
+
+    @classmethod
+    def from_chunk(cls, x: torch.Tensor, dim: int = -1) -> "OnlineState":
+        """The state of the entries of ``x`` along ``dim`` (computed in float32 or better)."""
+        check_input(x)
+        d = check_dim(x, dim)
+        x = x.float() if x.dtype in LOW_PRECISION else x
+        if x.shape[d] == 0:
+            shape = x.shape[:d] + x.shape[d + 1:]
+            return cls.empty(shape, dtype=x.dtype, device=x.device)
+        m = x.amax(d)
+        safe = m.masked_fill(m == NEG_INF, 0.0)
+        return cls(m, (x - safe.unsqueeze(d)).exp().sum(d))
+
+    def merge(self, other: "OnlineState") -> "OnlineState":
+        """Combine two states of disjoint parts of the same rows (associative, commutative)."""
+        m = torch.maximum(self.max, other.max)
+        safe = m.masked_fill(m == NEG_INF, 0.0)
+        return OnlineState(m, self.sum * (self.max - safe).exp() + other.sum * (other.max - safe).exp())
+
+    def logsumexp(self) -> torch.Tensor:
+        """``log sum exp`` of every entry seen (``-inf`` for an empty row)."""
+        return self.max + self.sum.log()
+
+    def probabilities(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Softmax probabilities ``exp(x - max) / sum`` of entries ``x`` of the rows this state
+        has seen (0 in rows with no finite entry; exact also for logits near 1e30)."""
+        d = check_dim(x, dim)
+        m, s = self.max.unsqueeze(d), self.sum.unsqueeze(d)
+        p = (x - m.masked_fill(m == NEG_INF, 0.0)).exp() / s.masked_fill(s == 0, 1.0)
+        return p.to(x.dtype)
+
+
+def online_logsumexp(x: torch.Tensor, dim: int = -1, *, chunk_size: int = 65536) -> torch.Tensor:
+    """``logsumexp`` along ``dim`` by merging the states of chunks of ``chunk_size`` entries.
+
+    Example:
+        >>> x = torch.randn(3, 1000)
+        >>> torch.allclose(online_logsumexp(x, chunk_size=64), x.logsumexp(-1))
+        True
+    """
+    check_input(x)
+    d = check_dim(x, dim)
+    chunk_size = check_int("chunk_size", chunk_size)
+    states = [OnlineState.from_chunk(c, d) for c in x.split(chunk_size, d)] or [
+        OnlineState.from_chunk(x, d)]
+    return reduce(OnlineState.merge, states).logsumexp().to(x.dtype)
+
+
+def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The ``k`` largest softmax probabilities along ``dim`` and their indices.
+
+    Equal to ``softmax(x, dim).topk(k, dim)`` (largest first), normalized over the whole row,
+    without materializing the softmax: the top-k logits and the row's online normalizer
+    give :math:`p_i = e^{x_i - m} / d`. Differentiable.
+
+    Example:
+        >>> p, i = softmax_topk(torch.tensor([1.0, 3.0, 2.0]), 2)
+        >>> i
+        tensor([1, 2])
+    """
+    check_input(x)
+    d = check_dim(x, dim)
+    n = x.shape[d] if x.dim() else 1
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {k!r}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] (the size of dim {dim}), got {k}")
+    z = x.float() if x.dtype in LOW_PRECISION else x
+    top, idx = z.topk(k, dim=d)
+    return OnlineState.from_chunk(z, d).probabilities(top, d).to(x.dtype), idx
