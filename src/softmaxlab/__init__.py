@@ -7,11 +7,24 @@ tensor([0.0000, 0.2500, 0.7500])
 ['softmax', 'taylor_softmax', 'spherical_softmax']
 """
 
-from . import functional
+from . import calibration, functional, losses, nn, online
 from ._registry import Mapping, Param, get_mapping, mappings
 from .functional import *  # noqa: F403  (the mappings; listed in functional.__all__)
+from .online import softmax_topk
 
 __version__ = "0.1.0"
 
-__all__ = ["Mapping", "Param", "functional", "get_mapping", "mappings", "__version__"]
+__all__ = [
+    "Mapping",
+    "Param",
+    "__version__",
+    "calibration",
+    "functional",
+    "get_mapping",
+    "losses",
+    "mappings",
+    "nn",
+    "online",
+    "softmax_topk",
+]
 __all__ += functional.__all__

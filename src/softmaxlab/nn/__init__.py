@@ -1,5 +1,22 @@
-"""Modules: one per mapping (same signature as the functional), and layers for the lab."""
+"""Modules: one per mapping (same signature as the functional), the output heads, the
+loss modules, temperature scaling, and ``Maxout`` for the lab's models."""
 
+from ..calibration import TemperatureScaler
+from .heads import CosineClassifier, DecoupledOutput, DoublySparseSoftmax, MixtureOfSoftmaxes
+from .losses import (
+    AMSoftmaxLoss,
+    ArcFaceLoss,
+    CrossEntropyLoss,
+    EnsembleSoftMarginLoss,
+    FenchelYoungLoss,
+    GraphTVPenalty,
+    LinearCrossEntropyLoss,
+    LossModule,
+    NCELoss,
+    SampledSoftmaxLoss,
+    SoftMarginLoss,
+    SparseSoftmaxLoss,
+)
 from .mappings import (
     ActivationNormalize,
     Entmax,
@@ -23,6 +40,7 @@ from .mappings import (
 from .maxout import Maxout
 
 __all__ = [
+    # mappings
     "ActivationNormalize",
     "Entmax",
     "Entmax15",
@@ -32,7 +50,6 @@ __all__ = [
     "LogSphericalSoftmax",
     "LogTaylorSoftmax",
     "MappingModule",
-    "Maxout",
     "Normalize",
     "OvaSigmoid",
     "SigSoftmax",
@@ -42,4 +59,24 @@ __all__ = [
     "SphericalSoftmax",
     "TaylorSoftmax",
     "module_for",
+    # heads and layers
+    "CosineClassifier",
+    "DecoupledOutput",
+    "DoublySparseSoftmax",
+    "Maxout",
+    "MixtureOfSoftmaxes",
+    "TemperatureScaler",
+    # losses
+    "AMSoftmaxLoss",
+    "ArcFaceLoss",
+    "CrossEntropyLoss",
+    "EnsembleSoftMarginLoss",
+    "FenchelYoungLoss",
+    "GraphTVPenalty",
+    "LinearCrossEntropyLoss",
+    "LossModule",
+    "NCELoss",
+    "SampledSoftmaxLoss",
+    "SoftMarginLoss",
+    "SparseSoftmaxLoss",
 ]
