@@ -1,11 +1,15 @@
-"""The ``softmaxlab`` command: ``list``, ``demo``, ``env``.
+"""The ``softmaxlab`` command: ``list``, ``demo``, ``env``, and the lab's commands.
 
-Plain-text output, no dependency beyond the core library.
+``list``, ``demo`` and ``env`` are plain text and need only the core library. Further
+subcommands live in their own modules, listed in :data:`COMMANDS`: each module defines
+``register(subparsers)``, which adds its parser and sets ``func``; it imports its heavy
+dependencies (the ``lab`` extra) only when run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import platform
 import sys
@@ -15,6 +19,9 @@ import torch
 
 from . import __version__
 from ._registry import mappings
+
+#: Modules that add a subcommand with ``register(subparsers)``.
+COMMANDS: tuple[str, ...] = ()
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -153,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("env", help="versions and devices, for bug reports and benchmarks")
     p.set_defaults(func=cmd_env)
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
     return parser
 
 
