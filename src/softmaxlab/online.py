@@ -17,6 +17,7 @@ from functools import reduce
 
 import torch
 
+from . import kernels
 from ._checks import check_int
 from .functional._common import LOW_PRECISION, NEG_INF, check_dim, check_input
 
@@ -98,7 +99,8 @@ def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tenso
 
     Equal to ``softmax(x, dim).topk(k, dim)`` (largest first), normalized over the whole row,
     without materializing the softmax: the top-k logits and the row's online normalizer
-    give :math:`p_i = e^{x_i - m} / d`. Differentiable.
+    give :math:`p_i = e^{x_i - m} / d`. Differentiable. On CPU, long rows take the
+    one-read block search of :mod:`softmaxlab.kernels.cpu.topk`.
 
     Example:
         >>> p, i = softmax_topk(torch.tensor([1.0, 3.0, 2.0]), 2)
@@ -112,6 +114,15 @@ def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tenso
         raise TypeError(f"k must be an int, got {k!r}")
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}] (the size of dim {dim}), got {k}")
+    triton = kernels.triton_kernel("softmax_topk", x)
+    if triton is not None:
+        return triton(x, k, dim=dim)
     z = x.float() if x.dtype in LOW_PRECISION else x
+    kernel = kernels.cpu_kernel("softmax_topk", z, k=k, n=n)
+    if kernel is not None:
+        rows = z.movedim(d, -1)
+        p, idx = kernel.fn(rows.reshape(-1, n), k)
+        shape = rows.shape[:-1] + (k,)
+        return p.reshape(shape).movedim(-1, d).to(x.dtype), idx.reshape(shape).movedim(-1, d)
     top, idx = z.topk(k, dim=d)
     return OnlineState.from_chunk(z, d).probabilities(top, d).to(x.dtype), idx

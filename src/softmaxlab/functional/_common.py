@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from .. import kernels
+
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 NEG_INF = float("-inf")
 
@@ -123,8 +125,22 @@ class _ExpNormalize(torch.autograd.Function):
 
 
 def exp_normalize(l: torch.Tensor, log: bool) -> torch.Tensor:
-    """Safe (log-)softmax of log-scores along the last dim (see :class:`_ExpNormalize`)."""
-    return _ExpNormalize.apply(l, log)
+    """Safe (log-)softmax of log-scores along the last dim (see :class:`_ExpNormalize`; the
+    CPU kernel ``cpu.softmax`` where :mod:`softmaxlab.kernels` chooses it)."""
+    kernel = kernels.cpu_kernel("softmax", l)
+    return _ExpNormalize.apply(l, log) if kernel is None else kernel.fn(l, log)
+
+
+def with_kernel(op: str, reference: Callable, *args) -> Callable:
+    """A ``core`` for :func:`apply_along`: the CPU kernel of ``op``, called as
+    ``kernel(z, excluded, *args)``, where :mod:`softmaxlab.kernels` chooses one, else
+    ``reference(z, excluded)``."""
+
+    def core(z: torch.Tensor, excluded: torch.Tensor | None) -> torch.Tensor:
+        kernel = kernels.cpu_kernel(op, z)
+        return reference(z, excluded) if kernel is None else kernel.fn(z, excluded, *args)
+
+    return core
 
 
 def log_score_mapping(

@@ -6,11 +6,18 @@ import torch
 import torch.nn.functional as F
 
 from .._registry import Mapping, register
-from ._common import apply_along, log_score_mapping
+from ._common import apply_along, log_score_mapping, with_kernel
 
 
 def _log_sigsoftmax_score(z: torch.Tensor, _excluded: torch.Tensor) -> torch.Tensor:
     return z + F.logsigmoid(z)
+
+
+def _sigsoftmax(x, dim, mask, log):
+    def reference(z, excluded):
+        return log_score_mapping(z, excluded, _log_sigsoftmax_score, log)
+
+    return apply_along(x, dim, mask, with_kernel("sigsoftmax", reference, None, log))
 
 
 def sigsoftmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -25,14 +32,14 @@ def sigsoftmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = No
         >>> sigsoftmax(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0105, 0.3242, 0.6654])
     """
-    return apply_along(x, dim, mask, lambda z, e: log_score_mapping(z, e, _log_sigsoftmax_score, False))
+    return _sigsoftmax(x, dim, mask, log=False)
 
 
 def log_sigsoftmax(
     x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     r"""Log of :func:`sigsoftmax`: :math:`z_i + \log\sigma(z_i) - \mathrm{lse}_j(z_j + \log\sigma(z_j))`."""
-    return apply_along(x, dim, mask, lambda z, e: log_score_mapping(z, e, _log_sigsoftmax_score, True))
+    return _sigsoftmax(x, dim, mask, log=True)
 
 
 register(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import kernels
 from .._registry import Mapping, positive_real, register
 from ._common import (
     LOW_PRECISION,
@@ -21,6 +22,9 @@ TEMPERATURE = positive_real(
 
 def _softmax(x, dim, temperature, mask, log):
     check_input(x)
+    triton = kernels.triton_kernel("log_softmax" if log else "softmax", x)
+    if triton is not None:
+        return triton(x, dim, temperature=temperature, mask=mask)
     TEMPERATURE.validate(temperature)
     z = x.float() if x.dtype in LOW_PRECISION else x
     if isinstance(temperature, torch.Tensor):

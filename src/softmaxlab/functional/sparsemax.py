@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import kernels
 from .._registry import Mapping, Param, register
-from .softmax import softmax
 from ._common import (
     NEG_INF,
     apply_along,
@@ -18,7 +18,9 @@ from ._common import (
     check_input,
     excluded_entries,
     exp_normalize,
+    with_kernel,
 )
+from .softmax import softmax
 
 
 def _shifted_sorted(z: torch.Tensor, excluded: torch.Tensor | None, scale: float = 1.0):
@@ -171,7 +173,11 @@ def sparsemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = Non
         >>> sparsemax(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0000, 0.2500, 0.7500])
     """
-    return apply_along(x, dim, mask, _Sparsemax.apply)
+    check_input(x)
+    triton = kernels.triton_kernel("sparsemax", x)
+    if triton is not None:
+        return triton(x, dim, mask=mask)
+    return apply_along(x, dim, mask, with_kernel("sparsemax", _Sparsemax.apply))
 
 
 def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,7 +192,7 @@ def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
         >>> entmax15(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0000, 0.3260, 0.6740])
     """
-    return apply_along(x, dim, mask, _Entmax15.apply)
+    return apply_along(x, dim, mask, with_kernel("entmax15", _Entmax15.apply))
 
 
 def _check_alpha(alpha: object) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._registry import Mapping, positive_real, register
-from ._common import apply_along, log_score_mapping, safe_where
+from ._common import apply_along, log_score_mapping, safe_where, with_kernel
 
 EPS = positive_real("eps", 0.01, tensor=False, valid=(1e-4, 1.0), bad=(0.0, -0.01, "0.01"))
 
@@ -22,9 +22,12 @@ def log_spherical_score(z: torch.Tensor, eps: float) -> torch.Tensor:
 
 def _spherical(x, dim, eps, mask, log):
     EPS.validate(eps)
-    return apply_along(
-        x, dim, mask, lambda z, e: log_score_mapping(z, e, lambda s, _: log_spherical_score(s, eps), log)
-    )
+
+    def reference(z, excluded):
+        return log_score_mapping(z, excluded, lambda s, _: log_spherical_score(s, eps), log)
+
+    coef = (float(eps), 0.0, 1.0)  # z^2 + eps
+    return apply_along(x, dim, mask, with_kernel("spherical_softmax", reference, coef, log))
 
 
 def spherical_softmax(

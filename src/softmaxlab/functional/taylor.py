@@ -7,7 +7,7 @@ import math
 import torch
 
 from .._registry import Mapping, Param, register
-from ._common import apply_along, log_score_mapping, safe_where
+from ._common import apply_along, log_score_mapping, safe_where, with_kernel
 
 ORDER = Param(
     "order",
@@ -43,9 +43,12 @@ def log_taylor(z: torch.Tensor, order: int) -> torch.Tensor:
 
 def _taylor(x, dim, order, mask, log):
     ORDER.validate(order)
-    return apply_along(
-        x, dim, mask, lambda z, e: log_score_mapping(z, e, lambda s, _: log_taylor(s, order), log)
-    )
+    coef = tuple(1 / math.factorial(k) for k in range(order + 1))
+
+    def reference(z, excluded):
+        return log_score_mapping(z, excluded, lambda s, _: log_taylor(s, order), log)
+
+    return apply_along(x, dim, mask, with_kernel("taylor_softmax", reference, coef, log))
 
 
 def taylor_softmax(

@@ -6,20 +6,23 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import kernels
 from .._checks import check_int
 from ..functional._common import LOW_PRECISION, check_input
 from ._common import (
     Rows,
-    check_target,
     check_label_smoothing,
     check_reduction,
+    check_target,
     class_weights,
     nll_rows,
 )
 from .cross_entropy import log_probs
 
-#: Logit elements per chunk when ``chunk_size`` is not given (64 MiB of float32).
-CHUNK_ELEMENTS = 1 << 24
+#: Logit elements per chunk when ``chunk_size`` is not given (256 MiB of float32): larger
+#: chunks make the weight-gradient product more efficient (each chunk reads and writes the
+#: whole ``(V, d)`` gradient), at O(chunk) memory.
+CHUNK_ELEMENTS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -32,28 +35,52 @@ class _Options:
     chunk_size: int
 
 
-def _chunk(h, w, b, t, keep, cw, opts: _Options, scale=None):
-    """Per-row losses of one chunk of rows and, when ``scale`` is given, the gradients of
-    ``sum(scale * loss)`` with respect to ``h``, ``w`` and ``b``."""
-    logits = h @ w.T
-    if b is not None:
-        logits = logits + b
-    logits = logits.float() if logits.dtype in LOW_PRECISION else logits
+def _logits(h, w, b, buf):
+    """``h @ w.T + b`` written into the first rows of ``buf`` (float32 or float64)."""
+    out = buf[: h.shape[0]]
+    if h.dtype == out.dtype:
+        torch.mm(h, w.T, out=out)
+    else:
+        out.copy_(h @ w.T)
+    return out if b is None else out.add_(b)
+
+
+def _chunk(h, w, b, t, keep, cw, opts: _Options, buf, fast, scale=None):
+    """Per-row losses of one chunk of rows and, when ``scale`` is given, the gradient of
+    ``sum(scale * loss)`` with respect to the chunk's logits (``fast``: the CPU softmax
+    kernel, which writes it over the logits in ``buf``; else autograd through the mapping)."""
+    logits = _logits(h, w, b, buf)
+    if fast is not None:
+        loss = fast.fn(logits, t, keep, cw, opts.label_smoothing, scale)
+        return loss, None if scale is None else logits
     with torch.set_grad_enabled(scale is not None):
-        logits.requires_grad_(scale is not None)
+        logits = logits.detach().requires_grad_(scale is not None)
         rows = Rows(logits, t, keep, torch.Size([h.shape[0]]))
         loss, _ = nll_rows(log_probs(opts.mapping, logits, dict(opts.params)), rows, cw,
                            opts.label_smoothing)
         if scale is None:
-            return loss, None, None, None
+            return loss, None
         (g,) = torch.autograd.grad((loss * scale).sum(), logits)
-    gb = None if b is None else g.sum(0)
+    return loss.detach(), g
+
+
+def _add_grads(g, h, w, rows, gh, gw, gb):
+    """Accumulate the parameter gradients of one chunk from its logits gradient ``g``:
+    ``gh[rows] = g @ w``, ``gw += g.T @ h``, ``gb += sum g`` (in place, no temporaries in
+    full precision)."""
+    if gb is not None:
+        gb += g.sum(0)
     g = g.to(h.dtype)
-    return loss.detach(), g @ w, g.T @ h, gb
+    torch.mm(g, w, out=gh[rows])
+    if gw.dtype == g.dtype:
+        gw.addmm_(g.T, h)
+    else:
+        gw += g.T @ h
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Chunked over rows, never holding more than ``chunk_size`` rows of logits.
+    """Chunked over rows, never holding more than ``chunk_size`` rows of logits (one buffer,
+    reused by every chunk).
 
     For ``mean``/``sum`` the gradients are computed during the forward pass (the three
     matrix products, one pass over the chunks) and only scaled in backward; for ``none``
@@ -65,6 +92,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n, cs = h.shape[0], opts.chunk_size
         eager = any(ctx.needs_input_grad[:3]) and opts.reduction != "none"
         acc = torch.float32 if h.dtype in LOW_PRECISION else h.dtype
+        fast = kernels.cpu_kernel("linear_cross_entropy", h, mapping=opts.mapping,
+                                  params=opts.params)
+        buf = torch.empty(min(cs, n), w.shape[0], dtype=acc, device=h.device)
         loss = torch.zeros(n, dtype=acc, device=h.device)
         if eager:
             gh = torch.empty_like(h)
@@ -72,13 +102,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             gb = None if b is None else torch.zeros(w.shape[0], dtype=acc, device=w.device)
         for s in range(0, n, cs):
             sl = slice(s, min(s + cs, n))
-            loss[sl], gh_c, gw_c, gb_c = _chunk(h[sl], w, b, t[sl], keep[sl], cw, opts,
-                                                1.0 / denom if eager else None)
+            loss[sl], g = _chunk(h[sl], w, b, t[sl], keep[sl], cw, opts, buf, fast,
+                                 1.0 / denom if eager else None)
             if eager:
-                gh[sl] = gh_c
-                gw += gw_c
-                if gb is not None:
-                    gb += gb_c
+                _add_grads(g, h[sl], w, sl, gh, gw, gb)
         ctx.opts, ctx.eager = opts, eager
         if eager:
             ctx.save_for_backward(gh, gw.to(w.dtype), None if b is None else gb.to(b.dtype))
@@ -89,20 +116,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         if ctx.eager:
-            gh, gw, gb = ctx.saved_tensors
-            return gh * g, gw * g, None if gb is None else gb * g, *([None] * 5)
+            grads = ctx.saved_tensors
+            one = bool(g == 1)  # loss.backward(): hand over the saved gradients, no copy
+            return *(x if x is None or one else x * g for x in grads), *([None] * 5)
         h, w, b, t, keep, cw = ctx.saved_tensors
-        opts, n = ctx.opts, h.shape[0]
+        opts, n, cs = ctx.opts, h.shape[0], ctx.opts.chunk_size
         acc = torch.float32 if h.dtype in LOW_PRECISION else h.dtype
+        fast = kernels.cpu_kernel("linear_cross_entropy", h, mapping=opts.mapping,
+                                  params=opts.params)
+        buf = torch.empty(min(cs, n), w.shape[0], dtype=acc, device=h.device)
         gh = torch.empty_like(h)
         gw = torch.zeros(w.shape, dtype=acc, device=w.device)
         gb = None if b is None else torch.zeros(w.shape[0], dtype=acc, device=w.device)
-        for s in range(0, n, opts.chunk_size):
-            sl = slice(s, min(s + opts.chunk_size, n))
-            _, gh[sl], gw_c, gb_c = _chunk(h[sl], w, b, t[sl], keep[sl], cw, opts, g[sl])
-            gw += gw_c
-            if gb is not None:
-                gb += gb_c
+        for s in range(0, n, cs):
+            sl = slice(s, min(s + cs, n))
+            _, g_c = _chunk(h[sl], w, b, t[sl], keep[sl], cw, opts, buf, fast, g[sl])
+            _add_grads(g_c, h[sl], w, sl, gh, gw, gb)
         return gh, gw.to(w.dtype), None if b is None else gb.to(b.dtype), *([None] * 5)
 
 
@@ -131,7 +160,9 @@ def linear_cross_entropy(
 
     Args:
         hidden: ``(*, d)``. weight: ``(V, d)``. target: ``(*)`` class ids. bias: ``(V,)``.
-        chunk_size: rows per chunk (default: about 16M logits per chunk).
+        chunk_size: rows per chunk (default: about 64M logits per chunk). On CPU, with
+            ``mapping="softmax"`` and float32 or half inputs, each chunk's gradient is
+            written over its logits by :mod:`softmaxlab.kernels.cpu.linear_ce`.
         class_weight: per-class weights ``(V,)`` (torch's ``weight``; renamed because
             ``weight`` is the output projection here).
 

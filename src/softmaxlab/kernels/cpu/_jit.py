@@ -1,0 +1,256 @@
+"""Numba building blocks of the CPU kernels: the row-parallel launcher, a NaN-propagating
+vectorizable ``maximum``, and float32 ``exp``/``log`` that LLVM vectorizes.
+
+Importing this module imports numba; :mod:`softmaxlab.kernels.cpu` imports it only when a
+numba kernel is first selected. Compiled code is cached on disk (``cache=True``), so only
+the first call in the first process pays for compilation.
+
+Kernels are loops over rows, compiled without the GIL; :func:`launch` runs them on
+``torch.get_num_threads()`` Python threads that claim blocks of rows as they go. (Numba's own
+``parallel=True`` was slower and fragile here: its OpenMP pool spins beside torch's, and
+changing its thread count cost milliseconds per call.)
+
+Numba's cache keys a function on its own file only: after editing this module, delete the
+``*.nbi``/``*.nbc`` files in ``__pycache__`` (an installed package gets new files anyway).
+
+Why not ``np.exp``/``max``: numba's PyPI build has no vector math library, so ``np.exp`` is a
+scalar libm call (~5x slower than AVX), and ``max`` reductions are not vectorized (the
+``llvm.maximum`` intrinsic is: NaN-propagating, ~7x faster).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+#: Contraction (FMA) and reciprocals; no nnan/ninf, so NaN and infinities keep their IEEE
+#: meaning, and no reassociation, which would undo cancellations such as ``(z - max) - tau``
+#: at logits of 1e30.
+FASTMATH = {"contract", "arcp", "nsz"}
+#: Reductions may reassociate (that is what vectorizes them); they live in small functions
+#: of their own, which LLVM inlines keeping each instruction's flags.
+REDUCE_FASTMATH = FASTMATH | {"reassoc"}
+#: Fewest entries per thread worth a thread hand-off (~20 us).
+MIN_ENTRIES_PER_THREAD = 1 << 15
+#: Entries per block of rows that a thread claims at a time.
+ENTRIES_PER_CLAIM = 1 << 14
+
+F32 = np.float32
+NEG_INF = F32(-np.inf)
+
+
+def row_kernel(fn):
+    """A cached kernel over rows, run without the GIL (see :func:`launch`). All helpers use
+    ``error_model="numpy"``: a float division by zero gives inf/NaN instead of raising, so
+    loops with divisions vectorize."""
+    return numba.njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")(fn)
+
+
+def inline(fn):
+    """A scalar helper inlined into the kernels."""
+    return numba.njit(inline="always", cache=True, fastmath=FASTMATH, error_model="numpy")(fn)
+
+
+def reduction(fn):
+    """A reduction helper that may reassociate its sum (see ``REDUCE_FASTMATH``)."""
+    return numba.njit(cache=True, fastmath=REDUCE_FASTMATH, error_model="numpy")(fn)
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The worker threads (made again in a forked child, where they do not exist)."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1))
+    return _POOL[1]
+
+
+def launch(kernel, arrays: tuple, *args, scratch: tuple = ()):
+    """``kernel(*arrays, *args, *buffers, claims)`` on as many threads as
+    ``torch.get_num_threads()`` (and the size) allow; ``scratch`` lists ``(size, dtype)`` of
+    the per-thread buffers. The threads take blocks of rows from the shared counter
+    ``claims`` (see :func:`claim`), so a thread that gets no core (torch's OpenMP threads
+    spin for milliseconds after each parallel op) leaves its share to the others instead of
+    delaying the call."""
+    threads = min(torch.get_num_threads(), max(1, arrays[0].size // MIN_ENTRIES_PER_THREAD))
+    claims = np.array([0, max(1, ENTRIES_PER_CLAIM // max(arrays[0].shape[-1], 1))], np.int64)
+
+    def run():
+        kernel(*arrays, *args, *[np.empty(max(size, 1), dtype) for size, dtype in scratch],
+               claims)
+
+    futures = [_pool().submit(run) for _ in range(threads - 1)]
+    run()
+    for f in futures:
+        f.result()
+
+
+def rows(t: torch.Tensor) -> np.ndarray:
+    """``t`` as a C-contiguous ``(rows, last dim)`` array sharing memory where it can."""
+    t = t.detach().contiguous()
+    return t.view(-1, t.shape[-1] if t.dim() else 1).numpy()
+
+
+def empty_rows(t: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    """A new tensor shaped like ``t`` and its ``(rows, last dim)`` array."""
+    out = torch.empty(t.shape, dtype=t.dtype)
+    return out, rows(out)
+
+
+def _binary_intrinsic(name: str, doc: str):
+    @intrinsic
+    def fn(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            t = args[0].type
+            f = builder.module.declare_intrinsic(name, [t], ir.FunctionType(t, [t, t]))
+            return builder.call(f, args)
+
+        return a(a, a), codegen
+
+    fn.__doc__ = doc
+    return fn
+
+
+maximum = _binary_intrinsic(
+    "llvm.maximum", "The larger of two floats, NaN if either is NaN (vectorizable).")
+minimum = _binary_intrinsic(
+    "llvm.minimum", "The smaller of two floats, NaN if either is NaN (vectorizable).")
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """Let LLVM use 512-bit vectors in the calling kernel (``"prefer-vector-width"="512"``;
+    LLVM's default on AVX-512 CPUs is 256 bits, ~25% slower here). A no-op elsewhere."""
+
+    def codegen(context, builder, sig, args):
+        # llvmlite validates attribute names; this string attribute is valid LLVM IR.
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
+def _fetch_add(typingctx, counters):
+    """Atomically add 1 to ``counters[0]`` (int64); the value it had."""
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", data, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return types.int64(counters), codegen
+
+
+@intrinsic
+def _as_f32(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@intrinsic
+def _as_i32(typingctx, x):
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@inline
+def _pow2(k):
+    """``2**k`` for an int32 ``k`` in [-126, 127] (built from its bits)."""
+    return _as_f32((k + np.int32(127)) << np.int32(23))
+
+
+@inline
+def exp32(x):
+    """``e**x`` in float32 (Cephes ``expf``: ``2**n e**r``, ``|r| <= ln2/2``; <= 2 ulp).
+    Exact 0 below -87.34 (no denormals), ``inf`` above 88.72, NaN stays NaN."""
+    n = np.floor(x * F32(1.44269504088896341) + F32(0.5))
+    r = x - n * F32(0.693359375)
+    r = r - n * F32(-2.12194440e-4)
+    p = F32(1.9875691500e-4)
+    p = p * r + F32(1.3981999507e-3)
+    p = p * r + F32(8.3334519073e-3)
+    p = p * r + F32(4.1665795894e-2)
+    p = p * r + F32(1.6666665459e-1)
+    p = p * r + F32(5.0000001201e-1)
+    p = p * r * r + r + F32(1.0)
+    k = np.int32(min(max(n, F32(-126.0)), F32(128.0)))
+    h = k >> np.int32(1)
+    y = p * _pow2(h) * _pow2(k - h)
+    y = F32(0.0) if x < F32(-87.33654) else y
+    return F32(np.inf) if x > F32(88.72283) else y
+
+
+@inline
+def log32(x):
+    """``log x`` in float32 (Cephes ``logf``; <= 2 ulp, denormals included).
+    ``log 0 = -inf``, ``log inf = inf``, NaN for ``x < 0`` or NaN."""
+    tiny = x < F32(1.17549435e-38)
+    xs = x * F32(8388608.0) if tiny else x
+    bits = _as_i32(xs)
+    e = ((bits >> np.int32(23)) & np.int32(255)) - np.int32(127)
+    m = _as_f32((bits & np.int32(0x7FFFFF)) | np.int32(0x3F800000))
+    big = m > F32(1.41421356)
+    m = m * F32(0.5) if big else m
+    ef = F32(e) + (F32(1.0) if big else F32(0.0)) - (F32(23.0) if tiny else F32(0.0))
+    f = m - F32(1.0)
+    z = f * f
+    y = F32(7.0376836292e-2)
+    y = y * f - F32(1.1514610310e-1)
+    y = y * f + F32(1.1676998740e-1)
+    y = y * f - F32(1.2420140846e-1)
+    y = y * f + F32(1.4249322787e-1)
+    y = y * f - F32(1.6668057665e-1)
+    y = y * f + F32(2.0000714765e-1)
+    y = y * f - F32(2.4999993993e-1)
+    y = y * f + F32(3.3333331174e-1)
+    y = y * f * z + ef * F32(-2.12194440e-4) - F32(0.5) * z
+    r = f + y + ef * F32(0.693359375)
+    r = NEG_INF if x == F32(0.0) else r
+    r = F32(np.inf) if x == F32(np.inf) else r
+    return r if x >= F32(0.0) else F32(np.nan)
+
+
+@inline
+def row_max(r):
+    """Largest entry of a row (NaN if it has one, -inf if all are -inf)."""
+    m = NEG_INF
+    for j in range(r.shape[0]):
+        m = maximum(m, r[j])
+    return m
+
+
+@reduction
+def row_sum(a):
+    s = F32(0.0)
+    for j in range(a.shape[0]):
+        s += a[j]
+    return s
+
+
+@reduction
+def row_dot(a, b):
+    s = F32(0.0)
+    for j in range(a.shape[0]):
+        s += a[j] * b[j]
+    return s
+
+
+@inline
+def claim(claims, n_rows):
+    """The next block of rows ``[lo, hi)`` for the calling thread (``claims``: the shared
+    ``[next block, rows per block]``); ``lo >= hi`` when none is left."""
+    lo = _fetch_add(claims) * claims[1]
+    return lo, min(lo + claims[1], n_rows)

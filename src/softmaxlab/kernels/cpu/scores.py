@@ -1,0 +1,411 @@
+r"""Fused score mappings :math:`p = f(z) / \sum f(z)` and their log forms (numba).
+
+Polynomial scores (Taylor :math:`f_n(z) = \sum_{k \le n} z^k/k!`, spherical
+:math:`z^2 + \epsilon`) and sigsoftmax (:math:`e^z \sigma(z)`). One kernel call per direction;
+the forward saves only the input and two numbers per row, the backward recomputes
+:math:`f` and :math:`f'` from them (its memory traffic is that of ``torch.softmax``'s: read
+``g`` and one saved tensor, write the gradient).
+
+Polynomials: rows whose largest :math:`|z|` is at most ``safe`` (where :math:`f \le 10^{30}`,
+so the row sum cannot overflow) are evaluated in float32 by Horner passes over the row;
+other rows (logits near 1e30) take an exact float64 path per entry that works in log space,
+:math:`\log f(z) = n \log|z| + \log \sum_k a_k z^{k-n}` for :math:`|z| > 1`.
+
+Sigsoftmax, with :math:`M = \max z` and :math:`u = e^{z - M} \le 1`:
+:math:`e^z\sigma(z) \propto u^2 / (\alpha + \beta u)`, :math:`(\alpha, \beta) = (1, e^M)` if
+:math:`M \le 0` else :math:`(e^{-M}, 1)`: one exponential per entry, no overflow; and
+:math:`\sigma(z) = \beta u / (\alpha + \beta u)`.
+Gradients: :math:`\partial \log f / \partial z = f'/f` (sigsoftmax: :math:`2 - \sigma(z)`)
+times the softmax Jacobian of the log-scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import with_excluded
+from ._jit import (
+    F32,
+    NEG_INF,
+    claim,
+    empty_rows,
+    exp32,
+    inline,
+    launch,
+    log32,
+    maximum,
+    reduction,
+    row_dot,
+    row_kernel,
+    row_max,
+    row_sum,
+    rows,
+    wide_vectors,
+)
+
+#: A polynomial row is evaluated directly when its largest score is at most this.
+SAFE_SCORE = 1e30
+
+
+# ---------------------------------------------------------------- polynomial scores
+@inline
+def _abs_max(r):
+    """Largest |z| over the row's entries that are not -inf (NaN if one is NaN)."""
+    a = F32(0.0)
+    for j in range(r.shape[0]):
+        v = r[j]
+        a = maximum(a, abs(v) if v != NEG_INF else F32(0.0))
+    return a
+
+
+@inline
+def _log_poly(coef, z):
+    """``(log f(z), f'(z)/f(z))`` in float64 for any finite z, ``f = sum_k coef[k] z^k``."""
+    n = coef.shape[0] - 1
+    if abs(z) <= 1.0:
+        p = coef[n]
+        d = 0.0
+        for k in range(n - 1, -1, -1):
+            d = d * z + p
+            p = p * z + coef[k]
+        return np.log(p), d / p
+    u = 1.0 / z
+    p = coef[0]  # sum_k coef[k] u^(n-k), Horner from k = 0
+    d = 0.0
+    for k in range(1, n + 1):
+        p = p * u + coef[k]
+        d = d * u + k * coef[k]
+    return n * np.log(abs(z)) + np.log(p), u * d / p
+
+
+@inline
+def _exact_log_norm(r, coef):
+    """log of the row sum of f, in float64 (max, then sum of exp)."""
+    top = -np.inf
+    for j in range(r.shape[0]):
+        if r[j] != NEG_INF:
+            top = max(top, _log_poly(coef, np.float64(r[j]))[0])
+    s = 0.0
+    for j in range(r.shape[0]):
+        if r[j] != NEG_INF:
+            s += np.exp(_log_poly(coef, np.float64(r[j]))[0] - top)
+    return top + np.log(s)
+
+
+@inline
+def _nan_gradient(r, d):
+    """The gradient of a row with a NaN: NaN, except 0 at its excluded (-inf) entries."""
+    for j in range(r.shape[0]):
+        d[j] = F32(np.nan) if r[j] != NEG_INF else F32(0.0)
+
+
+@inline
+def _poly_values(r, coef, f):
+    """``f = sum_k coef[k] r^k`` in float32 (0 where r is -inf): Horner passes over the row,
+    one fused pass for degree 2."""
+    deg = coef.shape[0] - 1
+    if deg == 2:
+        c0, c1, c2 = F32(coef[0]), F32(coef[1]), F32(coef[2])
+        for j in range(r.shape[0]):
+            v = r[j]
+            f[j] = c0 + v * (c1 + c2 * v) if v != NEG_INF else F32(0.0)
+        return
+    for j in range(r.shape[0]):
+        f[j] = F32(coef[deg])
+    for k in range(deg - 1, -1, -1):
+        c = F32(coef[k])
+        for j in range(r.shape[0]):
+            f[j] = f[j] * r[j] + c
+    for j in range(r.shape[0]):
+        f[j] = f[j] if r[j] != NEG_INF else F32(0.0)
+
+
+@reduction
+def _quadratic_dot(r, g, c0, c1, c2):
+    """Sum of ``g (c0 + c1 z + c2 z^2)`` over the entries that are not -inf."""
+    s = F32(0.0)
+    for j in range(r.shape[0]):
+        v = r[j]
+        s += g[j] * (c0 + v * (c1 + c2 * v)) if v != NEG_INF else F32(0.0)
+    return s
+
+
+@inline
+def _poly_values_slopes(r, coef, f, d):
+    """:func:`_poly_values` into ``f`` and the derivative into ``d`` (garbage where r is
+    -inf), by Horner passes."""
+    deg = coef.shape[0] - 1
+    for j in range(r.shape[0]):
+        f[j] = F32(coef[deg])
+        d[j] = F32(0.0)
+    for k in range(deg - 1, -1, -1):
+        c = F32(coef[k])
+        for j in range(r.shape[0]):
+            d[j] = d[j] * r[j] + f[j]
+            f[j] = f[j] * r[j] + c
+    for j in range(r.shape[0]):
+        f[j] = f[j] if r[j] != NEG_INF else F32(0.0)
+
+
+@row_kernel
+def _poly_forward(x, out, stats, coef, safe, log, claims):
+    wide_vectors()
+    rows_, n = x.shape
+    while True:
+        lo, hi = claim(claims, rows_)
+        if lo >= hi:
+            break
+        for i in range(lo, hi):
+            r = x[i]
+            o = out[i]
+            a = _abs_max(r)
+            stats[i, 0] = a
+            if np.isnan(a):
+                for j in range(n):
+                    o[j] = F32(np.nan)
+            elif a > safe:  # exact path, log space
+                lz = _exact_log_norm(r, coef)
+                stats[i, 1] = lz
+                for j in range(n):
+                    if r[j] == NEG_INF:
+                        o[j] = NEG_INF if log else F32(0.0)
+                    else:
+                        lp = _log_poly(coef, np.float64(r[j]))[0] - lz
+                        o[j] = lp if log else np.exp(lp)
+            else:
+                _poly_values(r, coef, o)
+                s = row_sum(o)
+                stats[i, 1] = s
+                if log:
+                    ls = log32(s) if s > F32(0.0) else F32(0.0)
+                    for j in range(n):
+                        o[j] = log32(o[j]) - ls
+                else:
+                    inv = F32(1.0) / s if s > F32(0.0) else F32(0.0)
+                    for j in range(n):
+                        o[j] *= inv
+
+
+@row_kernel
+def _poly_backward(x, g, grad, stats, coef, safe, log, f, claims):
+    wide_vectors()
+    rows_, n = x.shape
+    while True:
+        lo, hi = claim(claims, rows_)
+        if lo >= hi:
+            break
+        for i in range(lo, hi):
+            r = x[i]
+            gr = g[i]
+            d = grad[i]
+            a = stats[i, 0]
+            if np.isnan(a):
+                _nan_gradient(r, d)
+            elif a > safe:
+                lz = stats[i, 1]
+                dot = 0.0  # sum g p (softmax form) or sum g (log form)
+                for j in range(n):
+                    if r[j] != NEG_INF:
+                        dot += gr[j] if log else gr[j] * np.exp(_log_poly(coef, np.float64(r[j]))[0] - lz)
+                    elif log:
+                        dot += gr[j]
+                for j in range(n):
+                    if r[j] == NEG_INF:
+                        d[j] = F32(0.0)
+                    else:
+                        lf, dl = _log_poly(coef, np.float64(r[j]))
+                        p = np.exp(lf - lz)
+                        d[j] = (gr[j] - p * dot) * dl if log else p * (gr[j] - dot) * dl
+            elif coef.shape[0] == 3:  # quadratic: f and f' inline, no scratch passes
+                s = F32(stats[i, 1])
+                inv = F32(1.0) / s if s > F32(0.0) else F32(0.0)
+                c0, c1, c2 = F32(coef[0]), F32(coef[1]), F32(coef[2])
+                dot = row_sum(gr) if log else _quadratic_dot(r, gr, c0, c1, c2) * inv
+                for j in range(n):
+                    v = r[j]
+                    fv = c0 + v * (c1 + c2 * v)
+                    slope = c1 + F32(2.0) * c2 * v
+                    dv = (gr[j] / fv - dot * inv) * slope if log else slope * inv * (gr[j] - dot)
+                    d[j] = dv if v != NEG_INF else F32(0.0)
+            else:
+                s = F32(stats[i, 1])
+                _poly_values_slopes(r, coef, f, d)
+                inv = F32(1.0) / s if s > F32(0.0) else F32(0.0)
+                if log:
+                    sg = row_sum(gr)
+                    for j in range(n):
+                        v = (gr[j] / f[j] - sg * inv) * d[j]
+                        d[j] = v if r[j] != NEG_INF else F32(0.0)
+                else:
+                    dot = row_dot(gr, f) * inv
+                    for j in range(n):
+                        v = d[j] * inv * (gr[j] - dot)
+                        d[j] = v if r[j] != NEG_INF else F32(0.0)
+
+
+# ---------------------------------------------------------------- sigsoftmax
+@inline
+def _sig_consts(m):
+    """(alpha, beta) with e^z sigma(z) proportional to u^2 / (alpha + beta u), u = e^(z - m)."""
+    return exp32(-max(m, F32(0.0))), exp32(min(m, F32(0.0)))
+
+
+@inline
+def _sig_score(u, alpha, beta):
+    return u * (u / (alpha + beta * u)) if u > F32(0.0) else F32(0.0)
+
+
+@reduction
+def _sig_sum(u, alpha, beta):
+    """Sum of the scores of ``u``."""
+    s = F32(0.0)
+    for j in range(u.shape[0]):
+        s += u[j] * (u[j] / (alpha + beta * u[j])) if u[j] > F32(0.0) else F32(0.0)
+    return s
+
+
+@reduction
+def _sig_dot(u, g, alpha, beta):
+    """Sum of ``g`` times the scores of ``u``."""
+    s = F32(0.0)
+    for j in range(u.shape[0]):
+        s += g[j] * (u[j] * (u[j] / (alpha + beta * u[j])) if u[j] > F32(0.0) else F32(0.0))
+    return s
+
+
+@row_kernel
+def _sig_forward(x, out, stats, log, claims):
+    wide_vectors()
+    rows_, n = x.shape
+    while True:
+        lo, hi = claim(claims, rows_)
+        if lo >= hi:
+            break
+        for i in range(lo, hi):
+            r = x[i]
+            o = out[i]
+            m = row_max(r)
+            stats[i, 0] = m
+            if np.isnan(m) or m == NEG_INF:
+                fill = F32(np.nan) if np.isnan(m) else (NEG_INF if log else F32(0.0))
+                for j in range(n):
+                    o[j] = fill
+                continue
+            alpha, beta = _sig_consts(m)
+            if not log:
+                for j in range(n):
+                    o[j] = _sig_score(exp32(r[j] - m), alpha, beta)
+                s = row_sum(o)
+                stats[i, 1] = s
+                inv = F32(1.0) / s
+                for j in range(n):
+                    o[j] *= inv
+                continue
+            for j in range(n):
+                o[j] = exp32(r[j] - m)
+            s = _sig_sum(o, alpha, beta)
+            stats[i, 1] = s
+            if m <= F32(80.0):  # log(alpha + beta u) is accurate
+                ls = log32(s)
+                for j in range(n):
+                    o[j] = F32(2.0) * (r[j] - m) - log32(alpha + beta * o[j]) - ls
+            else:  # log(alpha + beta u) = softplus(z) - m
+                ls = log32(s)
+                for j in range(n):
+                    v = r[j]
+                    sp = (max(v, F32(0.0)) - m) + log32(F32(1.0) + exp32(-abs(v)))
+                    o[j] = F32(2.0) * (v - m) - sp - ls
+
+
+@row_kernel
+def _sig_backward(x, g, grad, stats, log, claims):
+    wide_vectors()
+    rows_, n = x.shape
+    while True:
+        lo, hi = claim(claims, rows_)
+        if lo >= hi:
+            break
+        for i in range(lo, hi):
+            r = x[i]
+            gr = g[i]
+            d = grad[i]
+            m = F32(stats[i, 0])
+            if np.isnan(m) or m == NEG_INF:
+                _nan_gradient(r, d)  # all 0 when the row has nothing kept
+                continue
+            alpha, beta = _sig_consts(m)
+            inv = F32(1.0) / F32(stats[i, 1])
+            if log:  # sigma from z itself: u may underflow where sigma(z) does not
+                sg = row_sum(gr)
+                for j in range(n):
+                    v = r[j]
+                    p = _sig_score(exp32(v - m), alpha, beta) * inv
+                    dv = (gr[j] - p * sg) * (F32(2.0) - F32(1.0) / (F32(1.0) + exp32(-v)))
+                    d[j] = dv if v != NEG_INF else F32(0.0)
+            else:  # p = u t / S and sigma = beta t with t = u / (alpha + beta u)
+                for j in range(n):
+                    d[j] = exp32(r[j] - m)
+                dot = _sig_dot(d, gr, alpha, beta) * inv
+                for j in range(n):
+                    u = d[j]
+                    t = u / (alpha + beta * u) if u > F32(0.0) else F32(0.0)
+                    d[j] = u * t * inv * (gr[j] - dot) * (F32(2.0) - beta * t)
+
+
+# ---------------------------------------------------------------- autograd
+@dataclass(frozen=True)
+class ScoreOptions:
+    """A score mapping: ``coef`` of a positive polynomial (``None``: sigsoftmax), log form."""
+
+    coef: tuple[float, ...] | None
+    log: bool
+
+    @property
+    def safe(self) -> float:
+        """Largest |z| at which the polynomial is at most ``SAFE_SCORE``."""
+        return max(1.0, (SAFE_SCORE / sum(self.coef)) ** (1.0 / (len(self.coef) - 1)))
+
+
+class ScoreMap(torch.autograd.Function):
+    """``f(z) / sum f(z)`` (or its log) of float32 ``z`` along the last dim, excluded
+    entries ``-inf``; saves ``z`` and two float64 numbers per row."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, opts: ScoreOptions) -> torch.Tensor:
+        x = rows(z)
+        out, out_rows = empty_rows(z)
+        stats = np.empty((x.shape[0], 2))
+        if opts.coef is None:
+            launch(_sig_forward, (x, out_rows, stats), opts.log)
+        else:
+            coef = np.asarray(opts.coef)
+            launch(_poly_forward, (x, out_rows, stats), coef, opts.safe, opts.log)
+        ctx.opts, ctx.stats = opts, stats
+        ctx.save_for_backward(z)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        (z,) = ctx.saved_tensors
+        opts = ctx.opts
+        x = rows(z)
+        grad, grad_rows = empty_rows(z)
+        if opts.coef is None:
+            launch(_sig_backward, (x, rows(g), grad_rows, ctx.stats), opts.log)
+        else:
+            launch(_poly_backward, (x, rows(g), grad_rows, ctx.stats), np.asarray(opts.coef),
+                   opts.safe, opts.log, scratch=((x.shape[1], np.float32),))
+        return grad, None
+
+
+def score_mapping(z: torch.Tensor, excluded: torch.Tensor | None, coef: tuple[float, ...] | None,
+                  log: bool) -> torch.Tensor:
+    """The score mapping of float32 ``z`` along the last dim (``coef``: the polynomial's
+    coefficients, lowest degree first; ``None``: sigsoftmax)."""
+    return ScoreMap.apply(with_excluded(z, excluded), ScoreOptions(coef, log))
+

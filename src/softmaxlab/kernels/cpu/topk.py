@@ -1,0 +1,169 @@
+r"""Top-k softmax probabilities in one read of the input (numba).
+
+Per row, one pass over spans of ``SPAN_BLOCKS`` blocks of ``TOPK_BLOCK`` entries keeps each
+block's maximum and the online normalizer :math:`(m, s)`, :math:`s = \sum_j e^{x_j - m}`
+(rescaled by :math:`e^{m - m'}` when a span raises the maximum to :math:`m'`; the span is
+still in cache for its exp-sum). The top-k entries lie in
+the k blocks with the largest maxima (an entry outside them has k larger block maxima above
+it), so the top-k is chosen among those ``k * TOPK_BLOCK`` candidates; no full-size temporary.
+Output :math:`p_t = e^{x_t - m}/s`, largest first.
+
+Backward, for :math:`L = \sum_t g_t p_t`: :math:`\partial L/\partial x_j =
+[j \in T]\, g_j p_j - \mathrm{softmax}(x)_j \sum_t g_t p_t` (one more pass over the row).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import TOPK_BLOCK
+
+#: Blocks per span of the streamed normalizer (one rescale and one exp-sum per span).
+SPAN_BLOCKS = 16
+from ._jit import (
+    F32,
+    NEG_INF,
+    claim,
+    exp32,
+    inline,
+    launch,
+    maximum,
+    row_kernel,
+    row_max,
+    row_sum,
+    wide_vectors,
+)
+
+
+@inline
+def _argmax_unmarked(v, c):
+    """Index of the largest of ``v[:c]`` that is not NaN (NaN marks taken entries); the
+    first one among equals."""
+    best = -1
+    top = NEG_INF
+    for j in range(c):
+        if v[j] == v[j] and (best < 0 or v[j] > top):
+            best = j
+            top = v[j]
+    return best
+
+
+@row_kernel
+def _forward(x, p_out, idx_out, stats, k, block, scratch, ci, claims):
+    wide_vectors()
+    rows_, n = x.shape
+    nb = (n + block - 1) // block
+    span = SPAN_BLOCKS * block
+    while True:
+        lo, hi = claim(claims, rows_)
+        if lo >= hi:
+            break
+        for i in range(lo, hi):
+            r = x[i]
+            bmax = scratch[:nb]
+            e = scratch[nb:nb + span]
+            cand = scratch[nb + span:]
+            m = NEG_INF
+            s = 0.0
+            for first in range(0, n, span):  # one span: its block maxima, then its exp-sum
+                part = r[first:first + span]  # (loops from 0 vectorize: no index checks)
+                sm = NEG_INF
+                for start in range(0, part.shape[0], block):
+                    bm = row_max(part[start:start + block])
+                    bmax[(first + start) // block] = bm
+                    sm = maximum(sm, bm)
+                if np.isnan(sm):  # a NaN: the row's output is NaN
+                    m = sm
+                    break
+                if sm > m:
+                    s *= np.exp(np.float64(m) - np.float64(sm))
+                    m = sm
+                if m != NEG_INF:
+                    for j in range(part.shape[0]):
+                        e[j] = exp32(part[j] - m)
+                    s += row_sum(e[:part.shape[0]])
+            stats[i, 0] = m
+            stats[i, 1] = s
+            if np.isnan(m):  # the row's probabilities are NaN (which indices: unspecified)
+                for t in range(k):
+                    p_out[i, t] = F32(np.nan)
+                    idx_out[i, t] = t
+                continue
+            c = 0  # candidates: the entries of the k blocks with the largest maxima
+            for _ in range(k):
+                b = _argmax_unmarked(bmax, nb)
+                bmax[b] = F32(np.nan)
+                for j in range(b * block, min(b * block + block, n)):
+                    cand[c] = r[j]
+                    ci[c] = j
+                    c += 1
+            inv = F32(1.0 / s) if s > 0.0 else F32(0.0)
+            for t in range(k):
+                j = _argmax_unmarked(cand, c)
+                p_out[i, t] = exp32(cand[j] - m) * inv if m != NEG_INF else F32(0.0)
+                idx_out[i, t] = ci[j]
+                cand[j] = F32(np.nan)
+
+
+@row_kernel
+def _backward(x, p, idx, g, grad, stats, claims):
+    wide_vectors()
+    rows_, n = x.shape
+    k = p.shape[1]
+    while True:
+        lo, hi = claim(claims, rows_)
+        if lo >= hi:
+            break
+        for i in range(lo, hi):
+            r = x[i]
+            d = grad[i]
+            m = F32(stats[i, 0])
+            s = stats[i, 1]
+            c = 0.0
+            for t in range(k):
+                c += np.float64(g[i, t]) * np.float64(p[i, t])
+            if m == NEG_INF:
+                for j in range(n):
+                    d[j] = F32(0.0)
+                continue
+            scale = F32(-c / s)
+            for j in range(n):
+                d[j] = exp32(r[j] - m) * scale
+            for t in range(k):
+                d[idx[i, t]] += g[i, t] * p[i, t]
+
+
+class SoftmaxTopk(torch.autograd.Function):
+    """The k largest softmax probabilities of the float32 rows of ``x`` ``(R, n)`` and their
+    indices; saves ``x``, the outputs and two numbers per row."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: int):
+        x = x.detach().contiguous()
+        rows_, n = x.shape
+        p = torch.empty(rows_, k, dtype=x.dtype)
+        idx = torch.empty(rows_, k, dtype=torch.int64)
+        stats = np.empty((rows_, 2))
+        b = TOPK_BLOCK
+        launch(_forward, (x.numpy(), p.numpy(), idx.numpy(), stats), k, b,
+               scratch=((-(-n // b) + SPAN_BLOCKS * b + k * b, np.float32), (k * b, np.int64)))
+        ctx.stats = stats
+        ctx.mark_non_differentiable(idx)
+        ctx.save_for_backward(x, p, idx)
+        return p, idx
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor, _g_idx):
+        x, p, idx = ctx.saved_tensors
+        grad = torch.empty_like(x)
+        launch(_backward, (x.numpy(), p.numpy(), idx.numpy(), g.contiguous().numpy(), grad.numpy(),
+                           ctx.stats))
+        return grad, None
+
+
+def softmax_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`softmaxlab.online.softmax_topk` of float32 rows ``x`` ``(R, n)``."""
+    return SoftmaxTopk.apply(x, k)
