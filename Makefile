@@ -1,4 +1,5 @@
-# make run  : create .venv, install the pinned CPU torch (only when no torch is present), the package, run the demo
+# make run  : create .venv, install the pinned CPU torch (only when no torch is present), the package
+#             with its lab extra, then compare every mapping on digits (report in runs/compare-digits)
 # make test : same set-up, then the full test suite
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -12,11 +13,11 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[lab,dev]"
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/softmaxlab demo
+	$(VENV)/bin/softmaxlab compare --dataset digits --out runs/compare-digits
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2

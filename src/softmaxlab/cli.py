@@ -21,7 +21,9 @@ from . import __version__
 from ._registry import mappings
 
 #: Modules that add a subcommand with ``register(subparsers)``.
-COMMANDS: tuple[str, ...] = ()
+COMMANDS: tuple[str, ...] = ("softmaxlab.lab.datasets.command", "softmaxlab.lab.compare",
+                             "softmaxlab.lab.report")
+COMMANDS += ("softmaxlab.lab.bench.command",)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

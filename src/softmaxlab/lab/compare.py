@@ -1,0 +1,170 @@
+"""``softmaxlab compare``: train every mapping on one dataset over several seeds, then report.
+
+The run directory's ``results.jsonl`` is the source of truth: each finished
+``(mapping, seed)`` is appended as soon as it ends, so an interrupted compare keeps every
+finished run, and rerunning the same command resumes where it stopped. ``report.md``,
+``report.html``, ``summary.csv`` and the plots are rendered from it (``softmaxlab report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import datasets, results
+from .executor import executor
+from .heads import parse_heads
+from .models import build_model, check_model
+from .train import RunConfig, run
+
+__all__ = ["compare", "register"]
+
+
+def _run_task(shared, task):
+    dataset, cfg = shared
+    head, seed = task
+    return run(dataset, head, seed, cfg)
+
+
+def _check_config(out: Path, config: dict) -> set[tuple[str, int | None]]:
+    """The (mapping, seed) pairs already finished in ``out``; a ``ValueError`` when ``out``
+    holds results of another configuration."""
+    done = set()
+    for r in results.read(out):
+        if r["kind"] == "session":
+            continue
+        if r["config"] != config:
+            diff = ", ".join(f"{k}: {r['config'].get(k)!r} there, {v!r} now"
+                             for k, v in config.items() if r["config"].get(k) != v)
+            raise ValueError(f"{out} holds results of another configuration ({diff}); "
+                             "use another --out or remove that directory")
+        done.add((r["mapping"], r.get("seed")))
+    return done
+
+
+def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = RunConfig.epochs,
+            model: str | None = None, jobs: int = 1, out: str | Path | None = None,
+            limit: int | None = None, lr: float = RunConfig.lr,
+            batch_size: int = RunConfig.batch_size, device: str = RunConfig.device,
+            label: str | None = None, progress: bool = True) -> Path:
+    """Run every missing ``(mapping, seed)`` of the comparison and render the report.
+
+    ``dataset`` is a name or path for ``softmaxlab.lab.datasets.load`` (split seed 0) or a
+    loaded ``Dataset``. Returns the run directory.
+    """
+    from .report import render  # Matplotlib: the lab extra
+
+    start = time.perf_counter()
+    heads = parse_heads(mappings)
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if isinstance(dataset, (str, Path)):
+        dataset = datasets.load(dataset, limit=limit, label=label)
+    cfg = RunConfig(model=check_model(model, dataset.task), epochs=epochs, lr=lr,
+                    batch_size=batch_size, device=device)
+    build_model(cfg.model, dataset, cosine=False)  # a model that does not fit fails here, once
+    out = Path(out) if out is not None else Path("runs") / f"compare-{dataset.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"dataset": dataset.name, "source": dataset.meta.get("source"),
+              "task": dataset.task, "limit": limit, "sizes": list(dataset.sizes()),
+              "n_classes": dataset.n_classes, **cfg.as_dict()}
+    results.repair(out)
+    done = _check_config(out, config)
+    for h in heads:
+        if h.skip and (h.name, None) not in done:
+            results.append(out, {"kind": "skipped", "mapping": h.name, "seed": None,
+                                 "reason": h.skip, "config": config})
+    tasks = [(h.name, s) for h in heads if not h.skip for s in range(seeds)
+             if (h.name, s) not in done]
+    jobs = max(1, min(jobs, len(tasks)))
+    train_time = 0.0
+    with _progress(progress, len(tasks)) as advance:
+        for _, record in executor(jobs).map(_run_task, (dataset, cfg), tasks):
+            results.append(out, {"kind": "run", **record, "config": config})
+            train_time += record["metrics"]["train_time"] if record["status"] == "ok" else 0.0
+            advance(record)
+    results.append(out, {"kind": "session", "runs": len(tasks), "jobs": jobs,
+                         "wall_time": time.perf_counter() - start, "train_time": train_time})
+    render(out)
+    return out
+
+
+@contextlib.contextmanager
+def _progress(show: bool, total: int):
+    """A Rich progress bar over the runs (when ``show``); yields ``advance(record)``."""
+    if not (show and total):
+        yield lambda record: None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task("training", total=total)
+
+        def advance(record: dict) -> None:
+            status = "" if record["status"] == "ok" else f" ({record['status']})"
+            bar.update(task, advance=1,
+                       description=f"{record['mapping']} seed {record['seed']}{status}")
+
+        yield advance
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import print_summary
+
+    t0 = time.perf_counter()
+    try:
+        out = compare(args.dataset, mappings=args.mappings, seeds=args.seeds,
+                      epochs=args.epochs, model=args.model, jobs=args.jobs, out=args.out,
+                      limit=args.limit, lr=args.lr, batch_size=args.batch_size,
+                      device=args.device, label=args.label)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every finished run is kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    print_summary(out, total_wall=time.perf_counter() - t0)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="train every mapping on a dataset over seeds and write a report",
+        description="Train each mapping (its natural loss; margin losses with a cosine head) "
+                    "over seeds, then write results.jsonl, summary.csv, report.md and "
+                    "report.html to the run directory. Rerunning resumes.")
+    p.add_argument("--dataset", default="digits",
+                   help="built-in dataset name or a data file (default %(default)s; "
+                        "`softmaxlab data` lists them)")
+    p.add_argument("--mappings", default="all",
+                   help="'all' or comma-separated names (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=RunConfig.epochs, help="default %(default)s")
+    p.add_argument("--model", default=None,
+                   help="mlp or cnn (classification), lstm or transformer (language model), "
+                        "gru (recommendation); default: the first for the task")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="parallel runs; 1 runs in this process (default: CPU count, "
+                        "%(default)s)")
+    p.add_argument("--out", default=None,
+                   help="run directory (default runs/compare-DATASET)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="keep the first N rows (tokens) of each split")
+    p.add_argument("--lr", type=float, default=RunConfig.lr,
+                   help="Adam learning rate (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=RunConfig.batch_size,
+                   help="default %(default)s")
+    p.add_argument("--device", default=RunConfig.device,
+                   help="torch device (default %(default)s)")
+    p.add_argument("--label", default=None, help="class column of a CSV/Parquet file")
+    p.set_defaults(func=cmd_compare)

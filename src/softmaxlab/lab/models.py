@@ -1,0 +1,149 @@
+"""The lab's models, one small network per task, each ending in an exchangeable output layer.
+
+Every model maps a batch of inputs to a 2-D output ``(rows, n_classes)``: logits for a
+mapping head, cosines for a margin head (:class:`softmaxlab.nn.CosineClassifier`). The head
+(``softmaxlab.lab.heads``) turns that output into a loss and probabilities, so every mapping
+plugs into every task.
+
+* classification: ``mlp`` (any feature shape), ``cnn`` (images, ``meta["input_shape"]``
+  ``(1, H, W)``, e.g. 28x28 MNIST).
+* language_model: ``lstm`` and ``transformer`` over windows of ``(B, T)`` tokens; one output
+  row per position (``B * T`` rows).
+* recommendation: ``gru`` over left-padded item histories ``(B, L)``; one row per history.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..nn import CosineClassifier
+
+__all__ = ["MODELS", "DEFAULT_MODEL", "build_model", "check_model"]
+
+
+def output_layer(in_features: int, n_classes: int, cosine: bool) -> nn.Module:
+    """A linear layer (logits) or a cosine classifier (cosines, for margin losses)."""
+    return CosineClassifier(in_features, n_classes) if cosine else nn.Linear(in_features,
+                                                                            n_classes)
+
+
+class MLP(nn.Module):
+    """Flatten, two ReLU hidden layers, output layer."""
+
+    def __init__(self, in_features: int, n_classes: int, cosine: bool, hidden: int = 128):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(),
+                                  nn.Linear(hidden, hidden), nn.ReLU())
+        self.out = output_layer(hidden, n_classes, cosine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))
+
+
+class CNN(nn.Module):
+    """Two conv-ReLU-maxpool blocks, a ReLU hidden layer, output layer."""
+
+    def __init__(self, input_shape: tuple[int, int, int], n_classes: int, cosine: bool,
+                 hidden: int = 128):
+        super().__init__()
+        c, h, w = input_shape
+        self.input_shape = tuple(input_shape)
+        self.body = nn.Sequential(
+            nn.Conv2d(c, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * (h // 4) * (w // 4), hidden), nn.ReLU())
+        self.out = output_layer(hidden, n_classes, cosine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x.reshape(-1, *self.input_shape)))
+
+
+class LSTMLM(nn.Module):
+    """Word embedding, one LSTM layer, output layer at every position."""
+
+    def __init__(self, vocab: int, cosine: bool, dim: int = 128):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.rnn = nn.LSTM(dim, dim, batch_first=True)
+        self.out = output_layer(dim, vocab, cosine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.rnn(self.embed(x))
+        return self.out(h.reshape(-1, h.shape[-1]))
+
+
+class TransformerLM(nn.Module):
+    """Word and learned position embeddings, a causal 2-layer Transformer encoder."""
+
+    def __init__(self, vocab: int, cosine: bool, dim: int = 128, max_len: int = 512):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Embedding(max_len, dim)
+        layer = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=2 * dim,
+                                           dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.out = output_layer(dim, vocab, cosine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        h = self.embed(x) * math.sqrt(self.embed.embedding_dim) + self.pos.weight[:t]
+        causal = nn.Transformer.generate_square_subsequent_mask(t, device=x.device)
+        h = self.encoder(h, mask=causal, is_causal=True)
+        return self.out(h.reshape(-1, h.shape[-1]))
+
+
+class GRURec(nn.Module):
+    """Item embedding (0 = padding), one GRU layer; the last state predicts the next item."""
+
+    def __init__(self, n_items: int, cosine: bool, dim: int = 64):
+        super().__init__()
+        self.embed = nn.Embedding(n_items, dim, padding_idx=0)
+        self.rnn = nn.GRU(dim, dim, batch_first=True)
+        self.out = output_layer(dim, n_items, cosine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.rnn(self.embed(x))  # left padding: the last position is the newest item
+        return self.out(h[:, -1])
+
+
+def _features(dataset) -> int:
+    return math.prod(dataset.train.x.shape[1:])
+
+
+def _image_shape(dataset) -> tuple[int, int, int]:
+    shape = tuple(dataset.meta.get("input_shape", ()))
+    if len(shape) != 3 or math.prod(shape) != _features(dataset):
+        raise ValueError(f"model 'cnn' needs images: dataset {dataset.name!r} has input_shape "
+                         f"{shape or 'unknown'} for {_features(dataset)} features")
+    return shape
+
+
+#: name -> (task, build(dataset, cosine) -> nn.Module)
+MODELS: dict[str, tuple[str, Callable[..., nn.Module]]] = {
+    "mlp": ("classification", lambda d, cos: MLP(_features(d), d.n_classes, cos)),
+    "cnn": ("classification", lambda d, cos: CNN(_image_shape(d), d.n_classes, cos)),
+    "lstm": ("language_model", lambda d, cos: LSTMLM(d.n_classes, cos)),
+    "transformer": ("language_model", lambda d, cos: TransformerLM(d.n_classes, cos)),
+    "gru": ("recommendation", lambda d, cos: GRURec(d.n_classes, cos)),
+}
+#: The model used when none is named, per task.
+DEFAULT_MODEL = {"classification": "mlp", "language_model": "lstm", "recommendation": "gru"}
+
+
+def check_model(name: str | None, task: str) -> str:
+    """``name`` (or the task's default) when it fits ``task``; else a ``ValueError``."""
+    name = name or DEFAULT_MODEL[task]
+    valid = [n for n, (t, _) in MODELS.items() if t == task]
+    if name not in valid:
+        raise ValueError(f"unknown model {name!r} for a {task} dataset; valid: "
+                         f"{', '.join(valid)}")
+    return name
+
+
+def build_model(name: str, dataset, cosine: bool) -> nn.Module:
+    """Model ``name`` for ``dataset`` with a linear (or, ``cosine``, a cosine) output."""
+    return MODELS[check_model(name, dataset.task)][1](dataset, cosine)

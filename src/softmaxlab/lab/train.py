@@ -1,0 +1,314 @@
+"""One lab run: train a model with one head and one seed, then measure it.
+
+:func:`run` is what every executor calls. It is deterministic for a given seed (seeded
+initialisation and data order, one intra-op thread) and never raises for a failing mapping:
+a diverged loss or any error is returned as ``status: "failed"`` with the reason.
+
+Metrics (on the test split; ``None`` where undefined):
+
+* ``accuracy`` (top-1), ``nll`` and, for language models, ``perplexity = exp(nll)``: NLL
+  needs the log form of the mapping (none for the sparse maps and one-vs-all sigmoids).
+* recommendation: ``hr@10`` and ``ndcg@10``; the rank of the target counts every other item
+  with a probability >= its own (ties count against the target).
+* ``ece`` (15 bins) before and, with the temperature fitted on validation
+  (``softmaxlab.calibration.fit_temperature``, mappings with a log form), after temperature
+  scaling (``ece_ts``, ``temperature``); ``brier``; ``support`` (mean number of non-zero
+  probabilities).
+* cost: ``train_time`` (seconds inside the training steps: forward, loss, backward,
+  optimizer step), ``train_time_per_epoch``, ``wall_time`` (the whole run: data, evaluation,
+  calibration included), ``inference_time_per_example`` (test forward pass and mapping),
+  ``peak_memory_mb`` (CPU: growth of the peak resident set size over the run, Linux
+  ``VmHWM`` reset at the start; CUDA: the allocator's peak).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .. import calibration as cal
+from .heads import Head, get_head
+from .models import build_model
+
+__all__ = ["RunConfig", "run", "TASK_METRICS"]
+
+#: The metrics recorded for each task; the first one ranks the mappings.
+TASK_METRICS = {
+    task: quality + ("ece", "ece_ts", "temperature", "brier", "support",
+                     "train_time_per_epoch", "inference_time_per_example", "peak_memory_mb")
+    for task, quality in (("classification", ("accuracy", "nll")),
+                          ("language_model", ("perplexity", "accuracy", "nll")),
+                          ("recommendation", ("hr@10", "ndcg@10", "nll")))
+}
+#: Validation rows used to fit the temperature are capped so that rows x classes stays
+#: under this many logits (all rows for small vocabularies).
+FIT_LOGITS = 20_000_000
+N_BINS = 15
+TOP_K = 10
+#: Output rows per evaluation batch (a language model's window gives one per token).
+EVAL_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything besides the head and the seed that decides a run's numbers."""
+
+    model: str
+    epochs: int = 60
+    lr: float = 3e-3
+    batch_size: int = 64
+    bptt: int = 35
+    device: str = "cpu"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Diverged(RuntimeError):
+    """The training loss stopped being finite."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+def examples(dataset, split: str, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) with one example per row. A language model's token stream is cut
+    into non-overlapping windows of ``bptt`` tokens; its targets are the next tokens."""
+    s = getattr(dataset, split)
+    if dataset.task != "language_model":
+        return s.x, s.y
+    t = min(bptt, len(s.x) - 1)
+    if t < 1:
+        raise ValueError(f"dataset {dataset.name!r}: the {split} split has {len(s.x)} tokens, "
+                         "too few for next-token prediction")
+    n = (len(s.x) - 1) // t
+    return s.x[:n * t].view(n, t), s.x[1:n * t + 1].view(n, t)
+
+
+def batches(inputs, targets, batch_size: int, generator: torch.Generator | None = None):
+    """Mini-batches ``(inputs, flat targets)``, shuffled when a generator is given."""
+    n = len(inputs)
+    order = torch.randperm(n, generator=generator) if generator is not None else None
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size] if order is not None else slice(i, i + batch_size)
+        yield inputs[idx], targets[idx].reshape(-1)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory growth over a block: CUDA allocator peak, or Linux peak RSS growth."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = torch.cuda.memory_allocated(device)
+        else:
+            with contextlib.suppress(OSError):
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM (the peak RSS) to the current RSS
+            self.base = self._status("VmRSS")
+
+    @staticmethod
+    def _status(field: str) -> int | None:
+        try:
+            with open("/proc/self/status") as f:
+                m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
+        except OSError:
+            return None
+        return int(m.group(1)) * 1024 if m else None
+
+    def peak_mb(self) -> float | None:
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = self._status("VmHWM")
+        if peak is None or self.base is None:
+            return None
+        return max(peak - self.base, 0) / 2**20
+
+
+@contextlib.contextmanager
+def single_thread():
+    """One intra-op thread (deterministic and fair on a shared machine), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _eval_batch(targets: torch.Tensor) -> int:
+    return max(1, EVAL_ROWS // targets[0].numel())
+
+
+@torch.no_grad()
+def evaluate(model, head: Head, inputs, targets, device: torch.device,
+             temperature: float | None = None, full: bool = True) -> dict:
+    """Metrics of the module docstring, aggregated over batches; with a fitted
+    ``temperature`` also ``ece_ts`` and the reliability data after scaling. ``full=False``
+    (the per-epoch learning curves) computes accuracy, NLL/perplexity and HR/NDCG only."""
+    model.eval()
+    n = correct = 0
+    sums = {"nll": 0.0, "brier": 0.0, "support": 0.0, "hr": 0.0, "ndcg": 0.0}
+    rel = {t: torch.zeros(3, N_BINS, dtype=torch.float64) for t in ("raw", "ts")}
+    seconds = 0.0
+    for x, y in batches(inputs, targets, _eval_batch(targets)):
+        x, y = x.to(device), y.to(device)
+        _sync(device)
+        t0 = time.perf_counter()
+        out = model(x)
+        p = head.probs(out)
+        _sync(device)
+        seconds += time.perf_counter() - t0
+        n += len(y)
+        correct += int((p.argmax(-1) == y).sum())
+        if head.has_log:
+            sums["nll"] -= float(head.log_probs(out).gather(1, y[:, None]).sum())
+        py = p.gather(1, y[:, None])
+        rank = (p >= py).sum(-1) - 1  # items other than the target at least as probable
+        hit = rank < TOP_K
+        sums["hr"] += float(hit.sum())
+        sums["ndcg"] += float((hit / torch.log2(rank.double() + 2)).sum())
+        if not full:
+            continue
+        sums["brier"] += float(cal.brier(p, y)) * len(y)
+        sums["support"] += float((p > 0).sum())
+        scaled = {"raw": p}
+        if temperature is not None:
+            scaled["ts"] = head.probs(out, temperature)
+        for key, q in scaled.items():
+            r = cal.reliability(q.float(), y, n_bins=N_BINS)
+            c = r.counts.double().cpu()
+            rel[key] += torch.stack([c, c * r.confidence.double().cpu(),
+                                     c * r.accuracy.double().cpu()])
+    model.train()
+    nll = sums["nll"] / n if head.has_log else None
+    metrics = {
+        "accuracy": correct / n,
+        "nll": nll,
+        "perplexity": math.exp(min(nll, 700.0)) if nll is not None else None,
+        "hr@10": sums["hr"] / n,
+        "ndcg@10": sums["ndcg"] / n,
+    }
+    if not full:
+        return metrics
+    ece = {k: float((v[2] - v[1]).abs().sum() / n) for k, v in rel.items()}
+    return {
+        **metrics,
+        "ece": ece["raw"],
+        "ece_ts": ece["ts"] if temperature is not None else None,
+        "brier": sums["brier"] / n,
+        "support": sums["support"] / n,
+        "inference_time_per_example": seconds / n,
+        "reliability": {k: {"counts": v[0].tolist(),
+                            "confidence": (v[1] / v[0].clamp(min=1)).tolist(),
+                            "accuracy": (v[2] / v[0].clamp(min=1)).tolist()}
+                        for k, v in rel.items() if k == "raw" or temperature is not None},
+    }
+
+
+@torch.no_grad()
+def fit_temperature(model, head: Head, inputs, targets, device: torch.device,
+                    n_classes: int) -> float | None:
+    """Temperature fitted on (at most ``FIT_LOGITS / n_classes``) validation rows, or
+    ``None`` when the mapping has no log form."""
+    if not head.has_log:
+        return None
+    model.eval()
+    cap = max(1, FIT_LOGITS // n_classes)
+    outs, ys = [], []
+    for x, y in batches(inputs, targets, _eval_batch(targets)):
+        outs.append(head.logits(model(x.to(device))))
+        ys.append(y.to(device))
+        if sum(len(o) for o in outs) >= cap:
+            break
+    model.train()
+    logits, y = torch.cat(outs)[:cap], torch.cat(ys)[:cap]
+    return cal.fit_temperature(logits, y, mapping=head.mapping)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def _train(model, head: Head, dataset, cfg: RunConfig, seed: int, device: torch.device):
+    """Train in place; returns (seconds inside the training steps, learning curve)."""
+    x, y = examples(dataset, "train", cfg.bptt)
+    vx, vy = examples(dataset, "val", cfg.bptt)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    order = torch.Generator().manual_seed(seed)
+    primary = TASK_METRICS[dataset.task][0]
+    curve: dict[str, list] = {"train_loss": [], f"val_{primary}": []}
+    step_time = 0.0
+    for epoch in range(1, cfg.epochs + 1):
+        total, steps = 0.0, 0
+        for xb, yb in batches(x, y, cfg.batch_size, order):
+            xb, yb = xb.to(device), yb.to(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = head.loss(model(xb), yb)
+            loss.backward()
+            opt.step()
+            _sync(device)
+            step_time += time.perf_counter() - t0
+            value = loss.item()
+            if not math.isfinite(value):
+                raise Diverged(f"training loss is {value} at epoch {epoch}, step {steps + 1}")
+            total, steps = total + value, steps + 1
+        curve["train_loss"].append(total / steps)
+        curve[f"val_{primary}"].append(evaluate(model, head, vx, vy, device, full=False)[primary])
+    return step_time, curve
+
+
+@functools.cache
+def warm_up() -> None:
+    """Pay the process's one-time costs (the first optimizer imports ``torch._dynamo``,
+    about a second) before any run is timed."""
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
+def run(dataset, head_name: str, seed: int, cfg: RunConfig) -> dict:
+    """Train and measure ``head_name`` with ``seed``: one results.jsonl record."""
+    warm_up()
+    record = {"mapping": head_name, "seed": seed}
+    start = time.perf_counter()
+    try:
+        head = get_head(head_name)
+        if head.skip:
+            raise ValueError(f"{head_name} cannot train a classifier: {head.skip}")
+        device = torch.device(cfg.device)
+        with single_thread():
+            memory = PeakMemory(device)
+            torch.manual_seed(seed)
+            model = build_model(cfg.model, dataset, head.cosine).to(device)
+            step_time, curve = _train(model, head, dataset, cfg, seed, device)
+            vx, vy = examples(dataset, "val", cfg.bptt)
+            t = fit_temperature(model, head, vx, vy, device, dataset.n_classes)
+            tx, ty = examples(dataset, "test", cfg.bptt)
+            metrics = evaluate(model, head, tx, ty, device, t)
+            reliability = metrics.pop("reliability")
+            peak = memory.peak_mb()
+    except Exception as e:  # noqa: BLE001 - a failing mapping is a result, not a crash
+        return {**record, "status": "failed", "reason": f"{type(e).__name__}: {e}"}
+    wall = time.perf_counter() - start
+    metrics.update(temperature=t, train_time_per_epoch=step_time / cfg.epochs,
+                   peak_memory_mb=peak)
+    metrics = {k: metrics[k] for k in TASK_METRICS[dataset.task]}
+    metrics.update(train_time=step_time, wall_time=wall)
+    return {**record, "status": "ok", "metrics": metrics, "curve": curve,
+            "reliability": reliability}
