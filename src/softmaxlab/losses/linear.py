@@ -174,6 +174,15 @@ def linear_cross_entropy(
     """
     check_input(hidden, "hidden")
     check_input(weight, "weight")
+    triton = kernels.triton_kernel("linear_cross_entropy", hidden)
+    if triton is not None:
+        try:
+            return triton(hidden, weight, target, bias=bias, mapping=mapping,
+                          chunk_size=chunk_size, class_weight=class_weight,
+                          ignore_index=ignore_index, reduction=reduction,
+                          label_smoothing=label_smoothing, **mapping_params)
+        except NotImplementedError:  # a mapping or option the kernel lacks: the reference
+            pass
     if weight.dim() != 2 or hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"hidden (*, d) and weight (V, d) must agree in d, got {tuple(hidden.shape)} and "
