@@ -96,16 +96,19 @@ def soft_margin_loss(
     m = check_real("margin", margin, low=0.0)
     rows = as_rows(logits, target, ignore_index)
     shifted = rows.logits - m * (rows.onehot() * rows.keep[:, None])
-    return cross_entropy(
-        shifted, _as_row_target(rows, ignore_index), mapping=mapping, weight=weight,
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        **mapping_params,
-    ).reshape(rows.batch_shape if reduction == "none" else ())
+    return rows_cross_entropy(rows, shifted, mapping=mapping, weight=weight,
+                              ignore_index=ignore_index, reduction=reduction,
+                              label_smoothing=label_smoothing, **mapping_params)
 
 
-def _as_row_target(rows, ignore_index: int) -> torch.Tensor:
-    """The rows' targets with ignored rows restored to ``ignore_index``."""
-    return rows.target.masked_fill(~rows.keep, ignore_index)
+def rows_cross_entropy(rows, logits: torch.Tensor, *, ignore_index: int, reduction: str,
+                       **options) -> torch.Tensor:
+    """:func:`cross_entropy` of logits ``(M, C)`` derived from ``rows`` (a margin applied,
+    say), with the rows' targets (ignored rows keep ``ignore_index``); ``reduction="none"``
+    gives the original batch shape."""
+    target = rows.target.masked_fill(~rows.keep, ignore_index)
+    out = cross_entropy(logits, target, ignore_index=ignore_index, reduction=reduction, **options)
+    return out.reshape(rows.batch_shape) if reduction == "none" else out
 
 
 def sparse_softmax_loss(

@@ -16,7 +16,7 @@ from ._common import (
     class_weights,
     weighted_reduce,
 )
-from .cross_entropy import cross_entropy, soft_margin_loss
+from .cross_entropy import rows_cross_entropy, soft_margin_loss
 
 
 def _check_cosine(rows) -> None:
@@ -68,10 +68,9 @@ def am_softmax_loss(
     _check_cosine(rows)
     if not real:
         shifted = s * (rows.logits - m * rows.onehot())
-        return cross_entropy(
-            shifted, rows.target.masked_fill(~rows.keep, ignore_index), weight=weight,
-            ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-        ).reshape(rows.batch_shape if reduction == "none" else ()).to(cosine.dtype)
+        return rows_cross_entropy(rows, shifted, weight=weight, ignore_index=ignore_index,
+                                  reduction=reduction, label_smoothing=label_smoothing,
+                                  ).to(cosine.dtype)
     if check_label_smoothing(label_smoothing) > 0:
         raise ValueError("label_smoothing is not defined for real=True")
     c = rows.logits
@@ -125,10 +124,9 @@ def arcface_loss(
     phi = torch.where(cy > math.cos(math.pi - m), phi, cy - m * math.sin(m))
     onehot = rows.onehot(torch.bool)
     logits = s * torch.where(onehot, phi, c)
-    return cross_entropy(
-        logits, rows.target.masked_fill(~rows.keep, ignore_index), weight=weight,
-        ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-    ).reshape(rows.batch_shape if reduction == "none" else ()).to(cosine.dtype)
+    return rows_cross_entropy(rows, logits, weight=weight, ignore_index=ignore_index,
+                              reduction=reduction, label_smoothing=label_smoothing,
+                              ).to(cosine.dtype)
 
 
 def hsic(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
