@@ -45,8 +45,22 @@ def backend(monkeypatch):
     return lambda name: monkeypatch.setenv(kernels.ENV_VAR, name)
 
 
-@pytest.fixture
-def two_threads():
+@pytest.fixture(params=["openmp", "python-threads"])
+def two_threads(request, monkeypatch):
+    """Two threads, on torch's OpenMP threads (asserting that no kernel falls back to Python
+    threads) or on Python threads (the fallback where OpenMP or a trampoline is missing)."""
+    if cpu.numba_module("sparse", forced=False) is not None:
+        from softmaxlab.kernels.cpu import _jit
+
+        if request.param == "openmp":
+            assert _jit._omp_parallel() is not None, "torch's OpenMP runtime not found"
+
+            def no_fallback(*args):
+                raise AssertionError(f"{args[0]} fell back to Python threads")
+
+            monkeypatch.setattr(_jit, "_pool_launch", no_fallback)
+        else:
+            monkeypatch.setattr(_jit, "_omp_parallel", lambda: None)
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
@@ -190,6 +204,42 @@ def test_mapping_split_over_threads(mapping, backend, two_threads):
     shape = (67, 2 * _jit.MIN_ENTRIES_PER_THREAD // 67 + 1)
     compare(mapping, logits("specials", shape, gen("threads", mapping_id(mapping))).float(),
             -1, backend)
+
+
+@numba_missing
+def test_launch_frames_trampolines_and_fallback(tmp_path, monkeypatch):
+    """Kernel arguments travel to the OpenMP trampoline as int64 words; trampolines are
+    written to the cache directory; one that cannot be built leaves the work to Python
+    threads, with the same result."""
+    import numpy as np
+
+    from softmaxlab.kernels.cpu import _jit
+
+    a = np.zeros((2, 3), np.float32)
+    values = (a, 2.5, True, 7, np.dtype(np.int64))
+    assert [_jit._kind(v) for v in values] == ["afloat322", "f", "b", "i", "sint64"]
+    assert _jit._frame(values, [0]) == [a.ctypes.data, 2, 3, 4612811918334230528, 1, 7, 1]
+    with pytest.raises(TypeError, match="str has no frame form"):
+        _jit._kind("x")
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _jit._kind(np.zeros((3, 2), np.float32).T)
+
+    x = torch.randn(67, 2 * _jit.MIN_ENTRIES_PER_THREAD // 67 + 1)
+    expect = sl.taylor_softmax(x)  # one thread
+    monkeypatch.setenv("SOFTMAXLAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_jit, "_TRAMPOLINES", {})
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.testing.assert_close(sl.taylor_softmax(x), expect, rtol=0, atol=0)
+        assert len(list((tmp_path / "trampolines").glob("t_*.py"))) == 1
+        assert all(_jit._TRAMPOLINES.values())
+        monkeypatch.setattr(_jit, "_TRAMPOLINES", {})
+        monkeypatch.setattr(_jit, "_build_trampoline", lambda *args: 1 / 0)
+        torch.testing.assert_close(sl.taylor_softmax(x), expect, rtol=0, atol=0)
+        assert list(_jit._TRAMPOLINES.values()) == [None]
+    finally:
+        torch.set_num_threads(old)
 
 
 @numba_missing

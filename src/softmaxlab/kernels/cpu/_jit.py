@@ -5,10 +5,10 @@ Importing this module imports numba; :mod:`softmaxlab.kernels.cpu` imports it on
 numba kernel is first selected. Compiled code is cached on disk (``cache=True``), so only
 the first call in the first process pays for compilation.
 
-Kernels are loops over rows, compiled without the GIL; :func:`launch` runs them on
-``torch.get_num_threads()`` Python threads that claim blocks of rows as they go. (Numba's own
-``parallel=True`` was slower and fragile here: its OpenMP pool spins beside torch's, and
-changing its thread count cost milliseconds per call.)
+Kernels are loops over rows, compiled without the GIL, whose threads claim blocks of rows as
+they go; :func:`launch` runs them on torch's own OpenMP threads (see :func:`launch`).
+(Numba's own ``parallel=True`` was slower and fragile here: its OpenMP runtime is a second
+one, whose threads spin beside torch's.)
 
 Numba's cache keys a function on its own file only: after editing this module, delete the
 ``*.nbi``/``*.nbc`` files in ``__pycache__`` (an installed package gets new files anyway).
@@ -20,8 +20,13 @@ scalar libm call (~5x slower than AVX), and ``max`` reductions are not vectorize
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
+import importlib.util
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -63,6 +68,199 @@ def reduction(fn):
     return numba.njit(cache=True, fastmath=REDUCE_FASTMATH, error_model="numpy")(fn)
 
 
+def launch(kernel, arrays: tuple, *args, scratch: tuple = ()):
+    """``kernel(*arrays, *args, *buffers, claims)`` on as many threads as
+    ``torch.get_num_threads()`` (and the size) allow; ``scratch`` lists ``(size, dtype)`` of
+    the per-thread buffers. The threads take blocks of rows from the shared counter
+    ``claims`` (see :func:`claim`).
+
+    The threads are torch's own: the call is an OpenMP parallel region of the runtime torch
+    uses (``GOMP_parallel``, through a C trampoline compiled once per kernel signature,
+    :func:`_trampoline`). Python threads of our own were up to 3x slower just after a torch
+    op, whose OpenMP threads keep spinning on the cores for milliseconds. Where that runtime
+    or a trampoline is not available, Python threads do the same work."""
+    threads = min(torch.get_num_threads(), max(1, arrays[0].size // MIN_ENTRIES_PER_THREAD))
+    claims = np.array([0, max(1, ENTRIES_PER_CLAIM // max(arrays[0].shape[-1], 1))], np.int64)
+    if threads == 1:
+        kernel(*arrays, *args, *[np.empty(max(size, 1), dtype) for size, dtype in scratch],
+               claims)
+        return
+    values = (*arrays, *args, *[np.dtype(dtype) for _, dtype in scratch], claims)
+    omp = _omp_parallel()
+    trampoline = omp and _trampoline(kernel, values)
+    if trampoline:
+        frame = np.array(_frame(values, [size for size, _ in scratch]), np.int64)
+        omp(trampoline, frame.ctypes.data, threads, 0)
+        return
+    _pool_launch(kernel, arrays, args, scratch, claims, threads)
+
+
+# ------------------------------------------------------------------ torch's OpenMP threads
+_OMP: list = []
+
+
+def _omp_parallel():
+    """``GOMP_parallel(fn, data, threads, flags)`` of the OpenMP runtime torch runs on, or
+    ``None`` (torch built without OpenMP, or a runtime without the GNU entry point)."""
+    if not _OMP:
+        fn = None
+        if "OpenMP" in torch.__config__.parallel_info():
+            names = ("libgomp", "libiomp5", "libomp")
+            libs = sorted({line.split()[-1] for line in _maps() if "/" in line
+                           and os.path.basename(line.split()[-1]).startswith(names)},
+                          key=lambda path: "torch" not in path)  # torch's own first
+            for path in libs:
+                try:
+                    fn = ctypes.CDLL(path).GOMP_parallel
+                    break
+                except (OSError, AttributeError):
+                    continue
+        if fn is not None:
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+            fn.restype = None
+        _OMP.append(fn)
+    return _OMP[0]
+
+
+def _maps() -> list[str]:
+    try:
+        return Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+
+
+def _kind(v) -> str:
+    """How a value travels in a trampoline's frame (int64 words): an array as its address
+    and shape (``a<dtype><ndim>``), a scratch dtype as its size (``s<dtype>``), a bool, an
+    int, or a float's bits."""
+    if isinstance(v, np.ndarray):
+        if not v.flags.c_contiguous:
+            raise ValueError("kernel arrays must be C-contiguous")
+        return f"a{v.dtype.name}{v.ndim}"
+    if isinstance(v, np.dtype):
+        return f"s{v.name}"
+    if isinstance(v, (bool, np.bool_)):
+        return "b"
+    if isinstance(v, (int, np.integer)):
+        return "i"
+    if isinstance(v, (float, np.floating)):
+        return "f"
+    raise TypeError(f"kernel argument of type {type(v).__name__} has no frame form")
+
+
+def _frame(values, scratch_sizes) -> list[int]:
+    words: list[int] = []
+    sizes = iter(scratch_sizes)
+    for v in values:
+        if isinstance(v, np.ndarray):
+            words += [v.ctypes.data, *v.shape]
+        elif isinstance(v, np.dtype):
+            words.append(max(next(sizes), 1))
+        elif isinstance(v, (float, np.floating)):
+            words.append(int(np.float64(v).view(np.int64)))
+        else:
+            words.append(int(v))
+    return words
+
+
+def _trampoline_source(module: str, name: str, kinds: list[str]) -> str:
+    lines, call, w = [], [], 0
+    for j, kind in enumerate(kinds):
+        if kind[0] == "a":
+            dtype, ndim = kind[1:-1], int(kind[-1])
+            shape = ", ".join(f"f[{w + 1 + d}]" for d in range(ndim))
+            lines.append(f"    v{j} = carray(pointer(f[{w}], np.{dtype}), ({shape},))")
+            w += 1 + ndim
+        elif kind[0] == "s":
+            lines.append(f"    v{j} = np.empty(f[{w}], np.{kind[1:]})")
+            w += 1
+        else:
+            value = {"b": "f[{}] != 0", "i": "f[{}]", "f": "as_float64(f[{}])"}[kind]
+            lines.append(f"    v{j} = {value.format(w)}")
+            w += 1
+        call.append(f"v{j}")
+    return "\n".join([
+        f"# Generated by softmaxlab.kernels.cpu._jit: {module}.{name} as a C function of the",
+        "# address of its frame, for an OpenMP parallel region.",
+        "import numpy as np",
+        "from numba import carray, cfunc, types",
+        "from softmaxlab.kernels.cpu._jit import as_float64, pointer",
+        f"from {module} import {name} as kernel",
+        "",
+        "",
+        '@cfunc(types.void(types.int64), cache=True, error_model="numpy")',
+        "def trampoline(frame):",
+        f"    f = carray(pointer(frame, np.int64), ({w},))",
+        *lines,
+        f"    kernel({', '.join(call)})",
+        ""])
+
+
+_TRAMPOLINES: dict[tuple, int | None] = {}
+
+
+def _trampoline(kernel, values) -> int | None:
+    """Address of a C function ``void(frame)`` that calls ``kernel`` with the values its
+    frame holds (see :func:`_kind`), or ``None`` when it cannot be built. Its source is
+    written to the cache directory (``SOFTMAXLAB_CACHE_DIR``, default
+    ``~/.cache/softmaxlab``) under a name that changes with the kernel's source, so numba's
+    disk cache of it is never stale; later processes load it compiled."""
+    fn = kernel.py_func
+    kinds = [_kind(v) for v in values]
+    key = (fn.__module__, fn.__qualname__, tuple(kinds))
+    if key not in _TRAMPOLINES:
+        try:
+            _TRAMPOLINES[key] = _build_trampoline(fn.__module__, fn.__qualname__, kinds)
+        except Exception:  # noqa: BLE001 - any failure: Python threads do the work
+            _TRAMPOLINES[key] = None
+    return _TRAMPOLINES[key]
+
+
+def _build_trampoline(module: str, name: str, kinds: list[str]) -> int:
+    source = _trampoline_source(module, name, kinds)
+    stamp = [numba.__version__, source]
+    for mod in (module, __name__):
+        st = os.stat(importlib.util.find_spec(mod).origin)
+        stamp += [str(st.st_mtime_ns), str(st.st_size)]
+    digest = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:20]
+    root = Path(os.environ.get("SOFTMAXLAB_CACHE_DIR")
+                or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "softmaxlab")
+    path = root / "trampolines" / f"t_{digest}.py"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(source)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(f"_softmaxlab_trampoline_{digest}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # numba's cache finds the module's globals by its name
+    spec.loader.exec_module(mod)
+    return mod.trampoline.address
+
+
+@intrinsic
+def pointer(typingctx, address, dtype):
+    """The address (int64) as a pointer to ``dtype`` (a numpy scalar class), for
+    ``numba.carray``."""
+    nty = dtype.dtype if isinstance(dtype, types.NumberClass) else dtype
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_value_type(nty).as_pointer())
+
+    return types.CPointer(nty)(address, dtype), codegen
+
+
+@intrinsic
+def as_float64(typingctx, bits):
+    """The float64 whose bits are the int64 ``bits``."""
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+# ------------------------------------------------------------------ Python threads
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
@@ -74,16 +272,7 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL[1]
 
 
-def launch(kernel, arrays: tuple, *args, scratch: tuple = ()):
-    """``kernel(*arrays, *args, *buffers, claims)`` on as many threads as
-    ``torch.get_num_threads()`` (and the size) allow; ``scratch`` lists ``(size, dtype)`` of
-    the per-thread buffers. The threads take blocks of rows from the shared counter
-    ``claims`` (see :func:`claim`), so a thread that gets no core (torch's OpenMP threads
-    spin for milliseconds after each parallel op) leaves its share to the others instead of
-    delaying the call."""
-    threads = min(torch.get_num_threads(), max(1, arrays[0].size // MIN_ENTRIES_PER_THREAD))
-    claims = np.array([0, max(1, ENTRIES_PER_CLAIM // max(arrays[0].shape[-1], 1))], np.int64)
-
+def _pool_launch(kernel, arrays, args, scratch, claims, threads):
     def run():
         kernel(*arrays, *args, *[np.empty(max(size, 1), dtype) for size, dtype in scratch],
                claims)
