@@ -16,6 +16,12 @@ and across the threshold; ``-inf`` entries, all-excluded rows, NaN rows, masks, 
 other dims. float64 is compared with the float64 reference to 1e-10; float32/float16/bfloat16
 by the error against float64 truth, bounded by a small multiple of the error of the naive torch
 formula in the same dtype (DESIGN.md §4).
+
+The device checks (``@device_check``) run on a CUDA GPU when one is available, in a subprocess
+of their own, at the default thresholds on sizes that take each kernel path; otherwise they run
+in the interpreter subprocess, on the small odd shapes with the thresholds lowered. They check
+what the interpreter checks leave out (float32 with -inf and NaN rows, bfloat16 on every path,
+linear cross-entropy's options in low precision) and, on CUDA, the float64 comparisons too.
 """
 
 from __future__ import annotations
@@ -33,10 +39,17 @@ NEG_INF = float("-inf")
 NAN = float("nan")
 #: Checks: name -> function (filled by the ``@check`` decorator below).
 CHECKS: dict = {}
+#: Checks that take the device (``"cuda"`` or ``"cpu"``): name -> function.
+DEVICE_CHECKS: dict = {}
 
 
 def check(fn):
     CHECKS[fn.__name__.removeprefix("check_")] = fn
+    return fn
+
+
+def device_check(fn):
+    DEVICE_CHECKS[fn.__name__.removeprefix("check_")] = fn
     return fn
 
 
@@ -47,7 +60,7 @@ def _config(**kw):
     from softmaxlab.kernels.triton import _launch
     from softmaxlab.kernels.triton import _linear_ce as linear_ce
 
-    mods = {"VOCAB_ALIGN": linear_ce, "TILE_LCE": linear_ce}
+    mods = {"VOCAB_ALIGN": linear_ce, "TILE_LCE": linear_ce, "TAIL_COLUMNS": linear_ce}
     old = {}
     for k, v in kw.items():
         mod = mods.get(k, _launch)
@@ -106,9 +119,9 @@ def _grads(out, inputs, g):
     return torch.autograd.grad((fin * g).sum(), inputs, allow_unused=True)
 
 
-def _logits(shape, seed, dtype=None, special=True):
+def _logits(shape, seed, dtype=None, special=True, device="cpu"):
     """Random float64 logits (scale 3) with, when ``special``, some -inf entries and one
-    all -inf row (needs >= 3 rows)."""
+    all -inf row (needs >= 3 rows); made on the CPU, returned on ``device``."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -120,7 +133,7 @@ def _logits(shape, seed, dtype=None, special=True):
             rows[-1] = NEG_INF
         if rows.shape[0] >= 4 and x.shape[-1] > 1:
             rows[1, 0] = rows[1, 1] = NEG_INF
-    return x if dtype is None else x.to(dtype)
+    return x.to(device, dtype or x.dtype)
 
 
 SHAPES = [(1, 1), (3, 1), (3, 7), (4, 8), (2, 3, 9), (5, 17), (3, 33)]
@@ -135,17 +148,17 @@ def _ops():
             "sparsemax": (KERNELS["sparsemax"], sl.sparsemax)}
 
 
-def _compare_f64(op, shapes, seed, **kw):
+def _compare_f64(op, shapes, seed, device="cpu", **kw):
     """Values and gradients of the kernel vs the reference, float64."""
     import torch
 
     fast, ref = _ops()[op]
     for i, shape in enumerate(shapes):
-        x = _logits(shape, seed + i).requires_grad_(True)
+        x = _logits(shape, seed + i, device=device).requires_grad_(True)
         y, yr = fast(x, **kw), ref(x, **kw)
         _close(y, yr, 1e-10, 1e-12, f"{op}{shape} value")
         g = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
-        (gx,), (gr,) = _grads(y, (x,), g), _grads(yr, (x,), g)
+        (gx,), (gr,) = _grads(y, (x,), g.to(device)), _grads(yr, (x,), g.to(device))
         _close(gx, gr, 1e-10, 1e-12, f"{op}{shape} grad")
 
 
@@ -281,6 +294,26 @@ def _err(a, truth):
     return ((a - t)[fin].abs().max() / t[fin].abs().max().clamp(min=1e-30)).item()
 
 
+def _compare_low_precision(op, x64, dtype, what):
+    """Values and gradients of the kernel in ``dtype``: error vs float64 truth <= 2 x the
+    naive torch formula's error in the same dtype + 2 eps."""
+    import torch
+
+    fast, ref = _ops()[op]
+    x = x64.to(dtype).requires_grad_(True)
+    xt = x.detach().double().requires_grad_(True)
+    truth, y, naive = ref(xt), fast(x), _naive(op, x)
+    assert y.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    e, en = _err(y, truth), _err(naive, truth)
+    assert e <= 2 * en + 2 * eps, f"{what}: value error {e} vs {en}"
+    g = torch.randn(x.shape, dtype=torch.float64, device=x.device)
+    gt = _grads(truth, (xt,), g)[0]
+    ek = _err(_grads(y, (x,), g.to(dtype))[0], gt)
+    en = _err(_grads(naive, (x,), g.to(dtype))[0], gt)
+    assert ek <= 2 * en + 2 * eps, f"{what}: grad error {ek} vs {en}"
+
+
 @check
 def check_low_precision():
     """float32/float16/bfloat16 values and gradients: error vs float64 truth <= 2 x the
@@ -290,21 +323,10 @@ def check_low_precision():
     for path in ("single", "split"):
         restore = _config(**PATHS[path])
         try:
-            for op, (fast, ref) in _ops().items():
+            for op in _ops():
                 for dtype in (torch.float32, torch.float16, torch.bfloat16):
-                    x64 = _logits((4, 21), 70, special=False)
-                    x = x64.to(dtype).requires_grad_(True)
-                    xt = x.detach().double().requires_grad_(True)
-                    truth, y, naive = ref(xt), fast(x), _naive(op, x)
-                    assert y.dtype == dtype
-                    eps = torch.finfo(dtype).eps
-                    e, en = _err(y, truth), _err(naive, truth)
-                    assert e <= 2 * en + 2 * eps, f"{op}/{path}/{dtype}: value error {e} vs {en}"
-                    g = torch.randn(x.shape, dtype=torch.float64)
-                    gt = _grads(truth, (xt,), g)[0]
-                    ek = _err(_grads(y, (x,), g.to(dtype))[0], gt)
-                    en = _err(_grads(naive, (x,), g.to(dtype))[0], gt)
-                    assert ek <= 2 * en + 2 * eps, f"{op}/{path}/{dtype}: grad error {ek} vs {en}"
+                    _compare_low_precision(op, _logits((4, 21), 70, special=False), dtype,
+                                           f"{op}/{path}/{dtype}")
         finally:
             restore()
 
@@ -358,16 +380,16 @@ def check_softmax_topk():
             restore()
 
 
-def _lce_inputs(n, v, d, dtype, seed, bias=True):
+def _lce_inputs(n, v, d, dtype, seed, bias=True, device="cpu"):
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    h = (torch.randn(n, d, generator=g, dtype=torch.float64)).to(dtype).requires_grad_(True)
-    w = (torch.randn(v, d, generator=g, dtype=torch.float64) / d ** 0.5).to(dtype)
+    h = torch.randn(n, d, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_(True)
+    w = (torch.randn(v, d, generator=g, dtype=torch.float64) / d ** 0.5).to(device, dtype)
     w.requires_grad_(True)
-    b = torch.randn(v, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True) \
+    b = torch.randn(v, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_(True) \
         if bias else None
-    t = torch.randint(0, v, (n,), generator=g)
+    t = torch.randint(0, v, (n,), generator=g).to(device)
     t[::4] = -100
     return h, w, b, t
 
@@ -507,9 +529,141 @@ def check_every_path_ran():
     assert not missing, f"paths never run: {missing}; ran: {dict(_launch.PATHS)}"
 
 
+# ============================================================ device checks
+def _row_plans(device):
+    """(launch settings, shapes) that take every row path on ``device``: on CUDA the default
+    thresholds on one block, rows split over programs (few rows longer than one block) and
+    the persistent grid (many such rows); on CPU the lowered thresholds of PATHS."""
+    if device == "cuda":
+        return [({}, [(5, 1), (37, 1000), (9, 32768), (3, 50001), (600, 40000)])]
+    return [(PATHS[path], SHAPES) for path in PATHS]
+
+
+@device_check
+def check_rows_every_dtype(device):
+    """softmax, log_softmax, sparsemax on every path: float32 with -inf entries, an all -inf
+    row and a NaN row within 1e-5 (1 + |ref|) of the float64 reference; bfloat16 values and
+    gradients (error vs float64 truth <= 2 x torch's + 2 eps); on CUDA also float64 values
+    and gradients (on CPU: the path checks above)."""
+    import torch
+
+    from softmaxlab.kernels.triton import _launch
+
+    before = dict(_launch.PATHS)
+    for settings, shapes in _row_plans(device):
+        restore = _config(**settings)
+        try:
+            for op, (fast, ref) in _ops().items():
+                if device == "cuda":
+                    _compare_f64(op, shapes, 100, device)
+                for i, shape in enumerate(shapes):
+                    x = _logits(shape, 110 + i, device=device)
+                    rows = x.reshape(-1, shape[-1])
+                    if rows.shape[0] >= 3:
+                        rows[1, shape[-1] // 2] = NAN
+                    _close(fast(x.float()), ref(x), 1e-5, 1e-5, f"{op}{shape} float32 {settings}")
+                    _compare_low_precision(op, _logits(shape, 120 + i, special=False,
+                                                       device=device),
+                                           torch.bfloat16, f"{op}{shape} bfloat16 {settings}")
+        finally:
+            restore()
+    ran = {k: v - before.get(k, 0) for k, v in _launch.PATHS.items()}
+    for key in ("softmax.single", "softmax.multi.split", "softmax.persistent",
+                "sparsemax.single", "sparsemax.streamed"):
+        assert ran.get(key, 0) > 0, f"path {key} did not run: {ran}"
+
+
+@device_check
+def check_softmax_topk_float32(device):
+    """softmax_topk in float32 within 1e-5 (1 + |ref|) of softmaxlab.online.softmax_topk in
+    float64, k = 1..n; on CUDA also float64 values, indices and gradients (on CPU:
+    check_softmax_topk)."""
+    import torch
+
+    from softmaxlab.kernels.triton import KERNELS
+    from softmaxlab.online import softmax_topk
+
+    fast = KERNELS["softmax_topk"]
+    if device == "cuda":
+        plans = [({}, [(64, 128256, 10), (3, 1000, 1000), (700, 50000, 5)])]
+    else:
+        plans = [(PATHS[p], [(1, 1, 1), (3, 7, 3), (4, 17, 17), (5, 33, 5)])
+                 for p in ("single", "split", "fused")]
+    for settings, cases in plans:
+        restore = _config(**settings)
+        try:
+            for i, (m, n, k) in enumerate(cases):
+                x = _logits((m, n), 130 + i, special=False, device=device).requires_grad_(True)
+                (p, idx), (pr, ir) = fast(x.detach().float(), k), softmax_topk(x, k)
+                _close(p, pr, 1e-5, 1e-5, f"topk {m}x{n} k={k} float32")
+                if device == "cuda":
+                    (p, idx) = fast(x, k)
+                    _close(p, pr, 1e-10, 1e-12, f"topk {m}x{n} k={k} values")
+                    assert torch.equal(idx, ir), f"topk {m}x{n} k={k} indices"
+                    g = torch.randn_like(p)
+                    _close(_grads(p, (x,), g)[0], _grads(pr, (x,), g)[0], 1e-10, 1e-12,
+                           f"topk {m}x{n} k={k} grad")
+        finally:
+            restore()
+
+
+@device_check
+def check_linear_cross_entropy_options(device):
+    """linear_cross_entropy with bias and ignored targets in float32 and bfloat16 (and float64
+    on CUDA; on CPU: check_linear_cross_entropy_f64), for mean; sum + label smoothing; none +
+    class weights; vocabulary chunks; row blocks + smoothing + class weights: loss and the
+    three gradients vs the reference on the same (rounded) inputs in float64, error <= 2e-5
+    (float32), 1e-2 (bfloat16), 1e-8 (float64). The grad_h accumulator borrowed from grad_W
+    and the grad_W rows whose logits live in grad_W ran."""
+    import torch
+
+    from softmaxlab.kernels.triton import KERNELS, _launch
+    from softmaxlab.losses import linear_cross_entropy
+
+    fast = KERNELS["linear_cross_entropy"]
+    if device == "cuda":
+        (n, v, d), settings, chunks = (1000, 5003, 256), {}, (64, 1)
+        dtypes = (torch.float64, torch.float32, torch.bfloat16)
+    else:  # chunk_size=1: 37 // 7 columns per chunk < VOCAB_ALIGN, so rows are blocked
+        (n, v, d), chunks = (7, 37, 6), (2, 1)
+        settings = {"VOCAB_ALIGN": 8, "TILE_LCE": 4, "TAIL_COLUMNS": 1}
+        dtypes = (torch.float32, torch.bfloat16)
+    tol = {torch.float64: 1e-8, torch.float32: 2e-5, torch.bfloat16: 1e-2}
+    cw = (torch.rand(v, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+          + 0.5).to(device)
+    options = [{"reduction": "mean"}, {"reduction": "sum", "label_smoothing": 0.1},
+               {"reduction": "none", "class_weight": cw},
+               {"reduction": "mean", "chunk_size": chunks[0]},
+               {"reduction": "mean", "chunk_size": chunks[1], "label_smoothing": 0.2,
+                "class_weight": cw}]
+    before = dict(_launch.PATHS)
+    restore = _config(**settings)
+    try:
+        for i, kw in enumerate(options):
+            for dtype in dtypes:
+                h, w, b, t = _lce_inputs(n, v, d, dtype, 140 + i, device=device)
+                out = fast(h, w, t, bias=b, **kw)
+                x64 = [a.detach().double().requires_grad_(True) for a in (h, w, b)]
+                ref = linear_cross_entropy(*x64[:2], t, bias=x64[2], **kw)
+                g = torch.rand_like(ref) + 0.5
+                what = f"lce {dtype} {({k: a for k, a in kw.items() if k != 'class_weight'})}"
+                _close(out, ref, tol[dtype], tol[dtype], f"{what} loss")
+                for name, a, r in zip("hwb", torch.autograd.grad(out, (h, w, b), g.to(dtype)),
+                                      torch.autograd.grad(ref, x64, g)):
+                    e = _err(a, r)
+                    assert e <= tol[dtype], f"{what} grad {name}: error {e}"
+    finally:
+        restore()
+    ran = {k: v - before.get(k, 0) for k, v in _launch.PATHS.items()}
+    assert ran.get("linear_ce.borrowed") and ran.get("linear_ce.carved"), ran
+
+
 # ============================================================ the subprocess
-def _run_all(out_path: str) -> None:
-    os.environ["TRITON_INTERPRET"] = "1"
+def _run_all(out_path: str, device: str) -> None:
+    """On ``"cpu"``: every check under the interpreter, and the device checks on the CPU when
+    no CUDA device is available; on ``"cuda"``: the device checks on the GPU."""
+    if device == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"
     import traceback
     import warnings
 
@@ -522,18 +676,26 @@ def _run_all(out_path: str) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     results = {}
-    for name, fn in CHECKS.items():
-        try:
-            fn()
-            results[name] = None
-        except Exception:  # noqa: BLE001 (reported per check)
-            results[name] = traceback.format_exc(limit=6)
+
+    def run(checks, *args):
+        for name, fn in checks.items():
+            try:
+                fn(*args)
+                results[name] = None
+            except Exception:  # noqa: BLE001 (reported per check)
+                results[name] = traceback.format_exc(limit=6)
+
+    if device == "cpu":
+        run(CHECKS)
+    if device == "cuda" or not torch.cuda.is_available():
+        os.environ["SOFTMAXLAB_BACKEND"] = "reference"  # the public functions: the reference
+        run(DEVICE_CHECKS, device)
     Path(out_path).write_text(json.dumps(results))
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    _run_all(sys.argv[1])
+    _run_all(sys.argv[1], sys.argv[2])
     raise SystemExit(0)
 
 
@@ -543,28 +705,48 @@ pytestmark = pytest.mark.skipif(
     not HAVE_TRITON, reason="triton is not installed (pip install -e '.[dev]' or '.[triton]')")
 
 
-@pytest.fixture(scope="session")
-def interpreter_results(tmp_path_factory):
-    """Run every check once per session (shared by xdist workers through a file lock)."""
+def _results(tmp_path_factory, device: str) -> dict:
+    """Run the checks of ``device`` once per session in a subprocess (shared by xdist
+    workers through a file lock)."""
     import fcntl
 
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent
-    out, lock = root / "triton_checks.json", root / "triton_checks.lock"
+    out, lock = root / f"triton_checks_{device}.json", root / f"triton_checks_{device}.lock"
     with open(lock, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         if not out.exists():
-            env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-            proc = subprocess.run([sys.executable, __file__, str(out)], env=env,
+            env = {k: v for k, v in os.environ.items()
+                   if not k.startswith("PYTEST") and k != "TRITON_INTERPRET"}
+            proc = subprocess.run([sys.executable, __file__, str(out), device], env=env,
                                   capture_output=True, text=True, timeout=900)
             if proc.returncode or not out.exists():
-                pytest.fail(f"interpreter subprocess failed ({proc.returncode}):\n"
+                pytest.fail(f"{device} subprocess failed ({proc.returncode}):\n"
                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="session")
+def interpreter_results(tmp_path_factory):
+    return _results(tmp_path_factory, "cpu")
+
+
+@pytest.fixture(scope="session")
+def device_results(tmp_path_factory):
+    """The device checks' results: on CUDA when available, else under the interpreter."""
+    import torch
+
+    return _results(tmp_path_factory, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_triton_kernel(interpreter_results, name):
     failure = interpreter_results.get(name, "check did not run")
     assert failure is None, f"{name}: {CHECKS[name].__doc__ or ''}\n{failure}"
+
+
+@pytest.mark.parametrize("name", list(DEVICE_CHECKS))
+def test_triton_kernel_on_device(device_results, name):
+    failure = device_results.get(name, "check did not run")
+    assert failure is None, f"{name}: {DEVICE_CHECKS[name].__doc__ or ''}\n{failure}"

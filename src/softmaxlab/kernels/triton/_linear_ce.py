@@ -25,16 +25,24 @@ With logits :math:`z = (h W^\top + b) / T` (``h`` ``(N, d)``, ``W`` ``(V, d)``),
    ``(Vc, d)`` accumulator only when rows are blocked).
 
 So grad_W is rounded once, as in the naive form, and no ``(V, d)`` fp32 accumulator exists.
-For fp16/bf16 the ``(N, d)`` fp32 grad_h accumulator is kept in the last ``2N`` rows of
-grad_W, not yet written (those vocabulary rows are processed last, then recomputed once more
-for their grad_W rows with smaller chunks), so memory above the inputs is the gradients
-themselves plus one chunk of ``R * Vc`` fp32 logits. The price is one recomputed matmul (four
-``2 N V d`` matmuls instead of three, plus ``2N / V`` of one for the borrowed rows). Measured
-on an H100 at N=8192, d=4096, V=128256, bf16 (benchmarks/results/gpu_bench_h100_notes.md):
-62.6 ms forward+backward and 1082 MiB above the inputs, vs Liger 64.4 ms / 1129 MiB and CCE
-88.6 ms / 1068 MiB. Gradients are computed in backward for every reduction (with this
+For fp16/bf16 the ``(N, d)`` fp32 grad_h accumulator is kept in the last ``2N`` rows of grad_W,
+not yet written (those vocabulary rows are processed last, then recomputed once more for their
+grad_W rows, the logits of each chunk held in rows of grad_W still unwritten), so memory above
+the inputs is the gradients themselves plus one chunk of ``R * Vc`` fp32 logits (forward, and
+backward before grad_h exists) or ``N * TAIL_COLUMNS`` of them (the last rows of grad_W). The
+price is one recomputed matmul (four ``2 N V d`` matmuls instead of three, plus ``2N / V`` of
+one for the borrowed rows). Gradients are computed in backward for every reduction (with this
 vocabulary-outer order computing them in forward saves nothing and would hold them from
 forward to backward).
+
+Peak memory above the inputs at N=8192, d=4096, V=128256, bf16, default budget ``2^24``
+(``R, Vc = 8192, 2048``): grad_W ``V d 2`` = 1002 MiB, grad_h ``N d 2`` = 64 MiB, a chunk
+``2^24 * 4`` = 64 MiB, the last rows' buffer ``N * 16 * 4`` = 0.5 MiB. Forward: 64; backward
+while grad_h accumulates inside grad_W: 1002 + 64 = 1066; after: 1002 + 64 + 0.5 = 1066.5 MiB,
+plus ``(N,)`` vectors (0.23 MiB measured). Measured on an H100
+(benchmarks/results/gpu_bench_h100_notes.md) while the last rows had a buffer of their own
+(``2^24 / 4`` logits, 16 MiB): 1082.2 MiB and 62.6 ms forward+backward, vs Liger 1128.7 MiB /
+64.4 ms and CCE 1067.6 MiB / 88.6 ms.
 """
 
 from __future__ import annotations
@@ -58,9 +66,9 @@ CHUNK_ELEMENTS = 1 << 24
 VOCAB_ALIGN = 128
 #: Entries per loop iteration of the two kernels.
 TILE = 2048
-#: The vocabulary rows whose grad_W rows hold the grad_h accumulator are finished with
-#: chunks of ``budget // TAIL_DIVISOR`` logits (see :func:`backward_grads`).
-TAIL_DIVISOR = 4
+#: Columns per chunk of the last grad_W rows, whose logits have no unwritten rows left to
+#: live in (see :func:`_fill_borrowed_rows`): ``N * TAIL_COLUMNS`` float32 logits.
+TAIL_COLUMNS = 16
 
 
 @triton.jit
@@ -187,7 +195,6 @@ class Options:
     label_smoothing: float
     inv_t: float
     budget: int  # logits per chunk
-    tail_divisor: int = 4
 
 
 def plan(n: int, v: int, budget: int) -> tuple[int, int]:
@@ -280,8 +287,9 @@ def backward_grads(h, w, b, t, cw, lse, cp, ct, rs, opts: Options, needs):
 
     For fp16/bf16 the float32 accumulator of grad_h lives in the last ``2N`` rows of grad_W
     (still unwritten): those vocabulary rows are processed last, once for grad_h (and bias),
-    then, after grad_h is rounded out of the way, once more for their rows of grad_W, with
-    chunks of ``budget // TAIL_DIVISOR`` logits. Memory above the gradients: one chunk of logits.
+    then, after grad_h is rounded out of the way, once more for their rows of grad_W
+    (:func:`_fill_borrowed_rows`). Memory above the gradients: one chunk of logits while grad_h
+    is accumulated, ``N * TAIL_COLUMNS`` logits once it exists.
     """
     need_h, need_w, need_b = needs
     n, v, d = h.shape[0], w.shape[0], h.shape[1]
@@ -309,12 +317,33 @@ def backward_grads(h, w, b, t, cw, lse, cp, ct, rs, opts: Options, needs):
         _grad_chunk(*args, chunk, buf, gh, None, gb, None)
     del buf
     gh = gh.to(h.dtype, copy=True)
-    # a smaller chunk, but still all rows per chunk (no row blocks: grad_W is written once)
-    small = max(opts.budget // opts.tail_divisor, n * min(VOCAB_ALIGN, tail))
-    buf = _logit_buffer(h, n, tail, small)
-    for chunk in _chunks(n, split, v, small):
-        _grad_chunk(*args, chunk, buf, None, gw, None, None)
+    _fill_borrowed_rows(args, gw, split)
     return gh, gw, None if gb is None else gb.to(b.dtype)
+
+
+def _fill_borrowed_rows(args, gw, lo):
+    """Write grad_W rows ``[lo, V)`` (free again once grad_h is rounded out of them) with no
+    chunk buffer of their own: the logits of rows ``[lo, mid)`` live in the unwritten rows
+    ``[mid, V)`` viewed as float32 (at most ``budget`` of them), then ``[mid, V)`` is halved
+    the same way until that back half holds fewer than ``TAIL_COLUMNS`` columns of logits; the
+    rows left use a buffer of ``N * TAIL_COLUMNS`` logits. Every chunk has all rows (grad_W
+    rows are written once)."""
+    h, opts = args[0], args[-1]
+    n, v, acc = h.shape[0], gw.shape[0], L.acc_dtype(h)
+    while True:
+        mid = (lo + v) // 2
+        buf = gw[mid:].view(acc).reshape(-1)[: opts.budget]
+        cols = buf.numel() // n
+        if mid == lo or cols < TAIL_COLUMNS:
+            break
+        L.PATHS["linear_ce.carved"] += 1
+        for v0 in range(lo, mid, cols):
+            _grad_chunk(*args, (v0, min(v0 + cols, mid), 0, n), buf, None, gw, None, None)
+        lo = mid
+    cols = min(TAIL_COLUMNS, v - lo)
+    buf = torch.empty(n * cols, dtype=acc, device=h.device)
+    for v0 in range(lo, v, cols):
+        _grad_chunk(*args, (v0, min(v0 + cols, v), 0, n), buf, None, gw, None, None)
 
 
 def _row_coefficients(t, keep, cw, v, eps, acc):
@@ -422,7 +451,7 @@ def linear_cross_entropy(
     inv_t = 1.0 / float(temperature)
     if h.dtype == torch.float64 and inv_t != 1.0:  # a kernel's float argument is float32
         h, bias, inv_t = h * inv_t, None if bias is None else bias * inv_t, 1.0
-    opts = Options(ignore_index, reduction, label_smoothing, inv_t, budget, TAIL_DIVISOR)
+    opts = Options(ignore_index, reduction, label_smoothing, inv_t, budget)
     out = LinearCrossEntropyFunction.apply(h.contiguous(), weight.contiguous(), bias, t, keep,
                                            cw, opts)
     out = out.reshape(target.shape) if reduction == "none" else out

@@ -19,14 +19,19 @@ anchors):
   torch.softmax.
 * ``elementwise``: taylor_softmax, spherical_softmax, sigsoftmax and their log forms at
   (4096, 1024), (1024, 32768) vs torch.softmax / torch.log_softmax.
-* ``gpu`` (CUDA only): softmax fwd/bwd, 2^27 entries with row lengths >= 4096, against
-  copy bandwidth and ``liger-kernel``; softmax_topk; sparsemax vs ``entmax`` and Liger;
-  linear cross-entropy at N=8192, d=4096, V=128256 in bfloat16 vs ``liger-kernel`` and
-  ``cut-cross-entropy`` (default and exact).
+* ``gpu`` (CUDA only): softmax fwd/bwd on 2^27 entries, float32 rows of 1024..1M entries
+  and bfloat16 rows of 4096..262144, against copy bandwidth, torch and ``liger-kernel``, with
+  the Triton launch settings' alternatives (the other side of the single/multi-block
+  threshold, other multi-block schedules); log_softmax; softmax_topk (float32, bfloat16) with
+  the reference algorithm (topk + logsumexp) and torch.topk alone; sparsemax (single-block
+  and streamed rows) vs ``entmax`` and Liger; linear cross-entropy at N=8192, d=4096,
+  V=128256 in bfloat16 vs ``liger-kernel`` (bf16 and fp32 accumulation) and
+  ``cut-cross-entropy`` (default and exact), with other chunk budgets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import math
@@ -416,17 +421,20 @@ def _gemm_bound(case: Case, inputs: Inputs, mode: str) -> Step:
     return CallStep(lambda: (h @ w.T, state["g"] @ w, state["g"].T @ h), before)
 
 
-def _liger_flce():
-    try:
-        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-    except ImportError:  # older releases: the module only
-        from liger_kernel.transformers.fused_linear_cross_entropy import (
-            LigerFusedLinearCrossEntropyLoss,
-        )
+def _liger_flce(**kw):
+    def load():
+        try:
+            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+        except ImportError:  # older releases: the module only
+            from liger_kernel.transformers.fused_linear_cross_entropy import (
+                LigerFusedLinearCrossEntropyLoss,
+            )
 
-        loss = LigerFusedLinearCrossEntropyLoss()
-        return lambda h, w, t: loss(w, h, t)
-    return lambda h, w, t: liger_fused_linear_cross_entropy(h, w, t)
+            loss = LigerFusedLinearCrossEntropyLoss(**kw)
+            return lambda h, w, t: loss(w, h, t)
+        return lambda h, w, t: liger_fused_linear_cross_entropy(h, w, t, **kw)
+
+    return load
 
 
 def _cce(exact: bool):
@@ -463,7 +471,7 @@ def linear_impls(gpu: bool = False) -> tuple[Impl, ...]:
              note="bound: h @ W.T, g @ W, g.T @ h alone"),
     ]
     if gpu:
-        impls += [Impl("liger", _liger_flce, package="liger_kernel", dist="liger-kernel",
+        impls += [Impl("liger", _liger_flce(), package="liger_kernel", dist="liger-kernel",
                        note="LigerFusedLinearCrossEntropyLoss"),
                   Impl("cce", _cce(False), package="cut_cross_entropy",
                        dist="cut-cross-entropy",
@@ -532,34 +540,133 @@ def _elementwise_suite(quick: bool) -> list[Case]:
     return out
 
 
+class _Configured(Step):
+    """``inner`` with attributes of ``module`` set while it runs, its untimed forward too
+    (setting them inside the timed call costs microseconds of Python)."""
+
+    def __init__(self, inner: Step, module, settings: dict):
+        self.inner, self.module, self.settings = inner, module, settings
+
+    @contextlib.contextmanager
+    def _set(self):
+        old = {k: getattr(self.module, k) for k in self.settings}
+        for k, v in self.settings.items():
+            setattr(self.module, k, v)
+        try:
+            yield
+        finally:
+            for k, v in old.items():
+                setattr(self.module, k, v)
+
+    def before(self) -> None:
+        with self._set():
+            self.inner.before()
+
+    def call(self) -> Any:
+        with self._set():
+            return self.inner.call()
+
+    def after(self) -> None:
+        self.inner.after()
+
+
+def _configured(name: str, base: Impl, module: str, settings: dict) -> Impl:
+    """The candidate ``base`` with module attributes of the Triton kernels changed (launch
+    settings, chunk budgets): the defaults' alternatives, measured against them."""
+
+    def load():
+        fn, mod = base.load(), importlib.import_module(module)
+        return lambda case, inputs, mode: _Configured(AutogradStep(fn, inputs, mode), mod,
+                                                      settings)
+
+    return Impl(f"softmaxlab {name}", load, manual=True,
+                note=", ".join(f"{module}.{k} = {v}" for k, v in settings.items()))
+
+
+_LAUNCH = "softmaxlab.kernels.triton._launch"
+#: Multi-block schedules of the Triton softmax other than the defaults (persistent grid of 1
+#: program per SM with L2 eviction hints, rows split only below 1 program per SM).
+_MULTI_BLOCK = {"no L2 hints": {"EVICT_HINTS": False},
+                "2 programs/SM": {"PERSISTENT_PROGRAMS_PER_SM": 2},
+                "split to 4 programs/SM": {"PROGRAMS_PER_SM": 4},
+                "no persistent grid": {"PERSISTENT_PROGRAMS_PER_SM": 0}}
+
+
+def _softmax_variants(n: int) -> tuple[Impl, ...]:
+    """The Triton softmax at other launch settings for rows of ``n``: the other side of the
+    single/multi-block threshold (32768) for 8192 <= n <= 65536, the other multi-block
+    schedules above it."""
+    variants = {}
+    if 8192 <= n <= 32768:
+        variants["multi-block"] = {"MAX_SINGLE_BLOCK": 1}
+    if n == 65536:
+        variants["single block"] = {"MAX_SINGLE_BLOCK": n}
+    if n > 32768:
+        variants.update(_MULTI_BLOCK)
+    return tuple(_configured(k, candidate("softmax"), _LAUNCH, v) for k, v in variants.items())
+
+
+def _topk_references(k: int) -> tuple[Impl, ...]:
+    """The library's reference algorithm in torch ops, and the selection alone (a floor)."""
+
+    def reference():
+        def fn(x):
+            top, idx = x.topk(k, -1)
+            lse = torch.logsumexp(x.float(), -1, keepdim=True)
+            return (top.float() - lse).exp().to(x.dtype), idx
+
+        return fn
+
+    return (Impl("topk + logsumexp", reference,
+                 note="the reference algorithm: torch.topk, torch.logsumexp (float32)"),
+            Impl("torch.topk", lambda: lambda x: x.topk(k, -1), note="the selection alone"))
+
+
 def _gpu_suite(quick: bool) -> list[Case]:
     dev = "cuda"
     out: list[Case] = []
     f32, bf16 = torch.float32, torch.bfloat16
-    # 2^27 entries (512 MiB in float32: far larger than L2), row lengths >= 4096
-    softmax_shapes = _pick(quick, [((32768, 4096), f32), ((4096, 32768), f32),
-                                   ((512, 262144), f32), ((4096, 32768), bf16)],
-                           [((4096, 4096), f32), ((1024, 32768), bf16)])
+    # 2^27 entries (512 MiB in float32: far larger than L2)
+    rows = _pick(quick, [(f32, n) for n in (1024, 4096, 8192, 16384, 32768, 65536, 131072,
+                                            262144, 1 << 20)]
+                 + [(bf16, n) for n in (4096, 32768, 131072, 262144)],
+                 [(f32, 4096), (f32, 65536), (bf16, 32768)])
+    total = 1 << (22 if quick else 27)
     liger_softmax = Impl("liger", _liger_softmax, package="liger_kernel", dist="liger-kernel",
                          note="LigerSoftmax")
-    for shape, dt in softmax_shapes:
-        out.append(RowsCase("gpu", "softmax", shape, dt, dev,
-                            (candidate("softmax"), TORCH_SOFTMAX, naive("softmax"), liger_softmax),
-                            (Target("bandwidth", 0.8, modes=("forward",),
-                                    source=f"{_ISSUE} 6: >= 80% of copy bandwidth"),)))
-    for shape in _pick(quick, [(64, 262144), (8, 1000000), (4096, 128256)],
-                       [(64, 32768), (4096, 8192)]):
-        out.append(TopkCase("gpu", "softmax_topk(k=10)", shape, f32, dev, topk_impls(10),
-                            (), k=10))
+    bandwidth = Target("bandwidth", 0.8, modes=("forward",),
+                       source=f"{_ISSUE} 6: >= 80% of copy bandwidth")
+    for dt, n in rows:
+        out.append(RowsCase("gpu", "softmax", (total // n, n), dt, dev,
+                            (candidate("softmax"), TORCH_SOFTMAX, naive("softmax"), liger_softmax,
+                             *_softmax_variants(n)),
+                            (bandwidth,) if n >= 4096 else ()))
+    for n in _pick(quick, [4096, 65536], [4096]):
+        out.append(RowsCase("gpu", "log_softmax", (total // n, n), f32, dev,
+                            (candidate("log_softmax"), TORCH_LOG_SOFTMAX, naive("log_softmax"))))
+    for shape, dt, k in _pick(quick, [((64, 262144), f32, 10), ((8, 1000000), f32, 10),
+                                      ((1024, 128256), f32, 10), ((4096, 128256), f32, 10),
+                                      ((4096, 128256), bf16, 10), ((16384, 4096), f32, 5)],
+                              [((64, 32768), f32, 10), ((4096, 8192), bf16, 10)]):
+        out.append(TopkCase("gpu", f"softmax_topk(k={k})", shape, dt, dev,
+                            topk_impls(k) + _topk_references(k), (), k=k))
     liger_sparsemax = Impl("liger", _liger_sparsemax, package="liger_kernel",
                            dist="liger-kernel", note="liger_sparsemax")
-    for shape in _pick(quick, [(4096, 1024), (4096, 32768)], [(4096, 1024)]):
+    for shape in _pick(quick, [(4096, 1024), (4096, 8192), (1024, 32768), (4096, 32768),
+                               (64, 131072)], [(4096, 1024), (8, 131072)]):
         out.append(RowsCase("gpu", "sparsemax", shape, f32, dev,
                             (candidate("sparsemax"), _entmax("sparsemax"), liger_sparsemax,
                              TORCH_SOFTMAX, naive("sparsemax")),
                             ()))
     shape = (4096, 1024, 32768) if quick else (8192, 4096, 128256)
-    out.append(LinearCase("gpu", "linear_cross_entropy", shape, bf16, dev, linear_impls(gpu=True),
+    lce = "softmaxlab.kernels.triton._linear_ce"
+    budgets = tuple(_configured(f"budget 2^{b}", Impl("softmaxlab", _linear_candidate), lce,
+                                {"CHUNK_ELEMENTS": 1 << b}) for b in (23, 25))
+    liger_fp32 = Impl("liger fp32 accum", _liger_flce(accum_dtype=torch.float32),
+                      package="liger_kernel", dist="liger-kernel",
+                      note="LigerFusedLinearCrossEntropyLoss, accum_dtype=float32")
+    out.append(LinearCase("gpu", "linear_cross_entropy", shape, bf16, dev,
+                          linear_impls(gpu=True) + (liger_fp32,) + budgets,
                           (Target("memory", 1.0, "cce", ("both",),
                                   f"{_ISSUE} 6: memory <= cut-cross-entropy's"),
                            Target("time", 1.1, "liger", ("both",),
