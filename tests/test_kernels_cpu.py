@@ -207,6 +207,21 @@ def test_mapping_split_over_threads(mapping, backend, two_threads):
 
 
 @numba_missing
+@pytest.mark.parametrize("fn", [sl.sigsoftmax, sl.log_sigsoftmax], ids=lambda f: f.__name__)
+def test_sigsoftmax_row_regimes(fn, backend):
+    """Rows whose max is <= 0 (alpha = 1), in (0, 70] (sigma from u), in (70, 80] and above
+    80 (sigma and the log-score from z itself), each with entries far enough below the max
+    that u underflows while sigma(z) does not."""
+    from softmaxlab.kernels.cpu import scores
+
+    x = torch.randn(6, 301, generator=gen("sig-regimes"), dtype=F64) * 4
+    for row, top in enumerate((-50.0, 0.0, 30.0, scores.SIG_U_SAFE, 75.0, 200.0)):
+        x[row] += top - x[row].max()
+        x[row, :40] = torch.linspace(-20, 20, 40, dtype=F64)
+    compare(("sigsoftmax", fn, {}), x.float(), -1, backend)
+
+
+@numba_missing
 def test_launch_frames_trampolines_and_fallback(tmp_path, monkeypatch):
     """Kernel arguments travel to the OpenMP trampoline as int64 words; trampolines are
     written to the cache directory; one that cannot be built leaves the work to Python

@@ -248,6 +248,11 @@ def _poly_backward(x, g, grad, stats, coef, safe, log, f, claims):
 
 
 # ---------------------------------------------------------------- sigsoftmax
+#: Rows whose max is at most this take sigma(z) = beta t (below: where u = e^(z - M)
+#: underflows, sigma(z) < 3e-8 and 2 - sigma(z) rounds to 2); above, sigma from z itself.
+SIG_U_SAFE = 70.0
+
+
 @inline
 def _sig_consts(m):
     """(alpha, beta) with e^z sigma(z) proportional to u^2 / (alpha + beta u), u = e^(z - m)."""
@@ -255,8 +260,9 @@ def _sig_consts(m):
 
 
 @inline
-def _sig_score(u, alpha, beta):
-    return u * (u / (alpha + beta * u)) if u > F32(0.0) else F32(0.0)
+def _sig_t(u, alpha, beta):
+    """``t = u / (alpha + beta u)`` (0 where u is): the score is ``u t``, sigma(z) ``beta t``."""
+    return u / (alpha + beta * u) if u > F32(0.0) else F32(0.0)
 
 
 @reduction
@@ -264,16 +270,7 @@ def _sig_sum(u, alpha, beta):
     """Sum of the scores of ``u``."""
     s = F32(0.0)
     for j in range(u.shape[0]):
-        s += u[j] * (u[j] / (alpha + beta * u[j])) if u[j] > F32(0.0) else F32(0.0)
-    return s
-
-
-@reduction
-def _sig_dot(u, g, alpha, beta):
-    """Sum of ``g`` times the scores of ``u``."""
-    s = F32(0.0)
-    for j in range(u.shape[0]):
-        s += g[j] * (u[j] * (u[j] / (alpha + beta * u[j])) if u[j] > F32(0.0) else F32(0.0))
+        s += u[j] * _sig_t(u[j], alpha, beta)
     return s
 
 
@@ -298,7 +295,8 @@ def _sig_forward(x, out, stats, log, claims):
             alpha, beta = _sig_consts(m)
             if not log:
                 for j in range(n):
-                    o[j] = _sig_score(exp32(r[j] - m), alpha, beta)
+                    u = exp32(r[j] - m)
+                    o[j] = u * _sig_t(u, alpha, beta)
                 s = row_sum(o)
                 stats[i, 1] = s
                 inv = F32(1.0) / s
@@ -322,7 +320,7 @@ def _sig_forward(x, out, stats, log, claims):
 
 
 @row_kernel
-def _sig_backward(x, g, grad, stats, log, claims):
+def _sig_backward(x, g, grad, stats, log, t_row, claims):
     wide_vectors()
     rows_, n = x.shape
     while True:
@@ -339,21 +337,31 @@ def _sig_backward(x, g, grad, stats, log, claims):
                 continue
             alpha, beta = _sig_consts(m)
             inv = F32(1.0) / F32(stats[i, 1])
-            if log:  # sigma from z itself: u may underflow where sigma(z) does not
+            if log:  # p = u t / S, dz = (g - p sum g) (2 - sigma(z))
                 sg = row_sum(gr)
+                if m <= F32(SIG_U_SAFE):
+                    for j in range(n):
+                        v = r[j]
+                        u = exp32(v - m)
+                        t = _sig_t(u, alpha, beta)
+                        dv = (gr[j] - u * t * inv * sg) * (F32(2.0) - beta * t)
+                        d[j] = dv if v != NEG_INF else F32(0.0)
+                else:  # sigma from z itself: u may underflow where sigma(z) does not
+                    for j in range(n):
+                        v = r[j]
+                        u = exp32(v - m)
+                        p = u * _sig_t(u, alpha, beta) * inv
+                        dv = (gr[j] - p * sg) * (F32(2.0) - F32(1.0) / (F32(1.0) + exp32(-v)))
+                        d[j] = dv if v != NEG_INF else F32(0.0)
+            else:  # q = u t (the score), dz = q / S (g - <g, p>) (2 - beta t)
                 for j in range(n):
-                    v = r[j]
-                    p = _sig_score(exp32(v - m), alpha, beta) * inv
-                    dv = (gr[j] - p * sg) * (F32(2.0) - F32(1.0) / (F32(1.0) + exp32(-v)))
-                    d[j] = dv if v != NEG_INF else F32(0.0)
-            else:  # p = u t / S and sigma = beta t with t = u / (alpha + beta u)
+                    u = exp32(r[j] - m)
+                    t = _sig_t(u, alpha, beta)
+                    d[j] = u * t
+                    t_row[j] = t
+                dot = row_dot(gr, d) * inv
                 for j in range(n):
-                    d[j] = exp32(r[j] - m)
-                dot = _sig_dot(d, gr, alpha, beta) * inv
-                for j in range(n):
-                    u = d[j]
-                    t = u / (alpha + beta * u) if u > F32(0.0) else F32(0.0)
-                    d[j] = u * t * inv * (gr[j] - dot) * (F32(2.0) - beta * t)
+                    d[j] = d[j] * inv * (gr[j] - dot) * (F32(2.0) - beta * t_row[j])
 
 
 # ---------------------------------------------------------------- autograd
@@ -396,7 +404,8 @@ class ScoreMap(torch.autograd.Function):
         x = rows(z)
         grad, grad_rows = empty_rows(z)
         if opts.coef is None:
-            launch(_sig_backward, (x, rows(g), grad_rows, ctx.stats), opts.log)
+            launch(_sig_backward, (x, rows(g), grad_rows, ctx.stats), opts.log,
+                   scratch=((x.shape[1], np.float32),))
         else:
             launch(_poly_backward, (x, rows(g), grad_rows, ctx.stats), np.asarray(opts.coef),
                    opts.safe, opts.log, scratch=((x.shape[1], np.float32),))

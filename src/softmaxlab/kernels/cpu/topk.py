@@ -5,7 +5,8 @@ block's maximum and the online normalizer :math:`(m, s)`, :math:`s = \sum_j e^{x
 (rescaled by :math:`e^{m - m'}` when a span raises the maximum to :math:`m'`; the span is
 still in cache for its exp-sum). The top-k entries lie in
 the k blocks with the largest maxima (an entry outside them has k larger block maxima above
-it), so the top-k is chosen among those ``k * TOPK_BLOCK`` candidates; no full-size temporary.
+it), so the top-k is chosen among those ``k * TOPK_BLOCK`` candidates; both choices are one
+pass that keeps a sorted list of k (an insertion is rare); no full-size temporary.
 Output :math:`p_t = e^{x_t - m}/s`, largest first.
 
 Backward, for :math:`L = \sum_t g_t p_t`: :math:`\partial L/\partial x_j =
@@ -38,20 +39,27 @@ from ._jit import (
 
 
 @inline
-def _argmax_unmarked(v, c):
-    """Index of the largest of ``v[:c]`` that is not NaN (NaN marks taken entries); the
-    first one among equals."""
-    best = -1
-    top = NEG_INF
-    for j in range(c):
-        if v[j] == v[j] and (best < 0 or v[j] > top):
-            best = j
-            top = v[j]
-    return best
+def _insert(vals, ids, cnt, v, j):
+    """Put ``(v, j)`` into the descending list ``vals[:cnt]``/``ids[:cnt]`` of capacity
+    ``vals.shape[0]`` if it belongs there (after its equals: the entry seen first stays
+    first); the new count."""
+    k = vals.shape[0]
+    if cnt == k:
+        if not v > vals[k - 1]:
+            return cnt
+        cnt -= 1
+    t = cnt
+    while t > 0 and v > vals[t - 1]:
+        vals[t] = vals[t - 1]
+        ids[t] = ids[t - 1]
+        t -= 1
+    vals[t] = v
+    ids[t] = j
+    return cnt + 1
 
 
 @row_kernel
-def _forward(x, p_out, idx_out, stats, k, block, scratch, ci, claims):
+def _forward(x, p_out, idx_out, stats, k, block, scratch, top, sel, ci, claims):
     wide_vectors()
     rows_, n = x.shape
     nb = (n + block - 1) // block
@@ -63,8 +71,7 @@ def _forward(x, p_out, idx_out, stats, k, block, scratch, ci, claims):
         for i in range(lo, hi):
             r = x[i]
             bmax = scratch[:nb]
-            e = scratch[nb:nb + span]
-            cand = scratch[nb + span:]
+            e = scratch[nb:]
             m = NEG_INF
             s = 0.0
             for first in range(0, n, span):  # one span: its block maxima, then its exp-sum
@@ -91,20 +98,20 @@ def _forward(x, p_out, idx_out, stats, k, block, scratch, ci, claims):
                     p_out[i, t] = F32(np.nan)
                     idx_out[i, t] = t
                 continue
-            c = 0  # candidates: the entries of the k blocks with the largest maxima
-            for _ in range(k):
-                b = _argmax_unmarked(bmax, nb)
-                bmax[b] = F32(np.nan)
+            # the k blocks with the largest maxima (in one pass), visited in index order:
+            # the k largest of their entries, the first of equals first
+            nsel = 0
+            for b in range(nb):
+                nsel = _insert(top, sel, nsel, bmax[b], b)
+            blocks = np.sort(sel[:nsel])
+            c = 0
+            for b in blocks:
                 for j in range(b * block, min(b * block + block, n)):
-                    cand[c] = r[j]
-                    ci[c] = j
-                    c += 1
+                    c = _insert(top, ci, c, r[j], j)
             inv = F32(1.0 / s) if s > 0.0 else F32(0.0)
             for t in range(k):
-                j = _argmax_unmarked(cand, c)
-                p_out[i, t] = exp32(cand[j] - m) * inv if m != NEG_INF else F32(0.0)
-                idx_out[i, t] = ci[j]
-                cand[j] = F32(np.nan)
+                p_out[i, t] = exp32(top[t] - m) * inv if m != NEG_INF else F32(0.0)
+                idx_out[i, t] = ci[t]
 
 
 @row_kernel
@@ -148,7 +155,8 @@ class SoftmaxTopk(torch.autograd.Function):
         stats = np.empty((rows_, 2))
         b = TOPK_BLOCK
         launch(_forward, (x.numpy(), p.numpy(), idx.numpy(), stats), k, b,
-               scratch=((-(-n // b) + SPAN_BLOCKS * b + k * b, np.float32), (k * b, np.int64)))
+               scratch=((-(-n // b) + SPAN_BLOCKS * b, np.float32), (k, np.float32),
+                        (k, np.int64), (k, np.int64)))
         ctx.stats = stats
         ctx.mark_non_differentiable(idx)
         ctx.save_for_backward(x, p, idx)
