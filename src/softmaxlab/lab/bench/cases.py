@@ -241,7 +241,8 @@ class LinearCase(Case):
     (N,); the mean loss is differentiated with respect to h and W."""
 
     io: str = ("compute-bound: forward 1 GEMM (2 N d V FLOPs), backward 2 GEMMs (4 N d V); "
-               "reported as GFLOP/s, no byte count")
+               "reported as GFLOP/s, no byte count. A fused loss may compute its gradients "
+               "in forward (softmaxlab on CPU does): compare 'both'")
 
     def make(self) -> Inputs:
         n, d, v = self.shape
