@@ -232,7 +232,7 @@ def test_launch_frames_trampolines_and_fallback(tmp_path, monkeypatch):
 
     a = np.zeros((2, 3), np.float32)
     values = (a, 2.5, True, 7, np.dtype(np.int64))
-    assert [_jit._kind(v) for v in values] == ["afloat322", "f", "b", "i", "sint64"]
+    assert [_jit._kind(v) for v in values] == ["af2", "f", "b", "i", f"s{np.dtype(np.int64).char}"]
     assert _jit._frame(values, [0]) == [a.ctypes.data, 2, 3, 4612811918334230528, 1, 7, 1]
     with pytest.raises(TypeError, match="str has no frame form"):
         _jit._kind("x")
@@ -296,10 +296,12 @@ def test_log_softmax_gradient_at_neg_inf_logits(backend):
     torch.testing.assert_close(grad("", finite_up), grad("reference", finite_up))
 
 
-def test_softmax_equals_torch_bitwise(backend):
-    """The fast softmax is torch's own kernel: bit-identical on ordinary rows."""
+def test_softmax_torch_path_equals_torch_bitwise(backend):
+    """Where torch's own kernels serve the softmax (float64; float32 without numba), the
+    result is bit-identical to torch's on ordinary rows."""
     backend("")
-    x = torch.randn(33, 517, generator=gen("bitwise"))
+    x = torch.randn(33, 517, generator=gen("bitwise"), dtype=F64)
+    assert kernels.kernel_name("softmax", x) == "cpu.softmax_torch"
     assert torch.equal(sl.softmax(x), torch.softmax(x, -1))
     assert torch.equal(sl.log_softmax(x), torch.log_softmax(x, -1))
 
@@ -463,7 +465,9 @@ def test_every_branch_of_the_dispatch(backend):
     for op in ("sparsemax", "entmax15", "taylor_softmax", "spherical_softmax", "sigsoftmax"):
         assert kernels.kernel_name(op, x32) == kernels.kernel_name(op, x16) == f"cpu.{op}"
         assert kernels.kernel_name(op, x64) == "reference"  # float64: the reference
-    assert kernels.kernel_name("softmax", x64) == "cpu.softmax"  # torch's kernels: any dtype
+    assert kernels.kernel_name("softmax", x32) == kernels.kernel_name("softmax", x16) == (
+        "cpu.softmax")
+    assert kernels.kernel_name("softmax", x64) == "cpu.softmax_torch"  # torch's kernels
     assert kernels.kernel_name("entmax", x32) == "reference"  # no CPU kernel for this op
     lce = {"mapping": "softmax", "params": ()}
     assert kernels.kernel_name("linear_cross_entropy", x32, **lce) == "cpu.linear_ce_softmax"
@@ -525,8 +529,10 @@ x = torch.randn(4, 6000)
 for op in ("sparsemax", "entmax15", "sigsoftmax"):
     assert kernels.kernel_name(op, x) == "reference", op
 assert kernels.kernel_name("softmax_topk", x, k=3, n=6000) == "reference"
-assert kernels.kernel_name("softmax", x) == "cpu.softmax"
+assert kernels.kernel_name("softmax", x) == "cpu.softmax_torch"
 y = torch.randn(3, 5, requires_grad=True)
+y.data[1] = float("-inf")
+assert torch.equal(sl.softmax(y)[1], torch.zeros(5))
 sl.log_softmax(y).exp().sum().backward()
 sl.sparsemax(y)
 sl.softmax_topk(x, 3)

@@ -1,7 +1,9 @@
 """CPU kernels and the rules that choose them (called by :func:`softmaxlab.kernels.cpu_kernel`).
 
-* ``softmax`` (the safe (log-)softmax under every exp-normalizing mapping): :mod:`.softmax`,
-  torch's own kernels plus the empty-row repair; every floating dtype.
+* ``softmax`` (the safe (log-)softmax under every exp-normalizing mapping): :mod:`.softmax`;
+  float32 forward by :mod:`.expnorm` (numba, ``cpu.softmax``), other dtypes, or float32
+  without numba, by torch's own kernels plus the empty-row repair (``cpu.softmax_torch``);
+  the backward is torch's.
 * ``sparsemax``, ``entmax15``: :mod:`.sparse` (numba), exact thresholds found among a few
   candidates without sorting; float32, float16, bfloat16 (computed in float32).
 * ``taylor_softmax``, ``spherical_softmax``, ``sigsoftmax`` and their log forms:
@@ -22,6 +24,7 @@ kernel), later processes load it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from collections.abc import Callable
@@ -80,7 +83,10 @@ def select(op: str, x: torch.Tensor, *, forced: bool = False, **case) -> Kernel 
     if op == "softmax":
         from .softmax import exp_normalize
 
-        return Kernel("cpu.softmax", exp_normalize)
+        module = numba_module("expnorm", forced) if x.dtype in FLOAT32_MATH else None
+        if module is None:
+            return Kernel("cpu.softmax_torch", exp_normalize)
+        return Kernel("cpu.softmax", functools.partial(exp_normalize, rows_kernel=module.forward))
     if op == "linear_cross_entropy":
         if case["mapping"] != "softmax" or case["params"] or x.dtype not in FLOAT32_MATH:
             return None

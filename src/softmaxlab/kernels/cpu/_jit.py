@@ -131,14 +131,14 @@ def _maps() -> list[str]:
 
 def _kind(v) -> str:
     """How a value travels in a trampoline's frame (int64 words): an array as its address
-    and shape (``a<dtype><ndim>``), a scratch dtype as its size (``s<dtype>``), a bool, an
-    int, or a float's bits."""
+    and shape (``a<dtype char><ndim>``), a scratch dtype as its size (``s<dtype char>``), a
+    bool, an int, or a float's bits. (``dtype.char``: ``dtype.name`` costs 1.5 us.)"""
     if isinstance(v, np.ndarray):
         if not v.flags.c_contiguous:
             raise ValueError("kernel arrays must be C-contiguous")
-        return f"a{v.dtype.name}{v.ndim}"
+        return f"a{v.dtype.char}{v.ndim}"
     if isinstance(v, np.dtype):
-        return f"s{v.name}"
+        return f"s{v.char}"
     if isinstance(v, (bool, np.bool_)):
         return "b"
     if isinstance(v, (int, np.integer)):
@@ -167,12 +167,12 @@ def _trampoline_source(module: str, name: str, kinds: list[str]) -> str:
     lines, call, w = [], [], 0
     for j, kind in enumerate(kinds):
         if kind[0] == "a":
-            dtype, ndim = kind[1:-1], int(kind[-1])
+            dtype, ndim = np.dtype(kind[1]).name, int(kind[2:])
             shape = ", ".join(f"f[{w + 1 + d}]" for d in range(ndim))
             lines.append(f"    v{j} = carray(pointer(f[{w}], np.{dtype}), ({shape},))")
             w += 1 + ndim
         elif kind[0] == "s":
-            lines.append(f"    v{j} = np.empty(f[{w}], np.{kind[1:]})")
+            lines.append(f"    v{j} = np.empty(f[{w}], np.{np.dtype(kind[1]).name})")
             w += 1
         else:
             value = {"b": "f[{}] != 0", "i": "f[{}]", "f": "as_float64(f[{}])"}[kind]
@@ -245,7 +245,7 @@ def pointer(typingctx, address, dtype):
     nty = dtype.dtype if isinstance(dtype, types.NumberClass) else dtype
 
     def codegen(context, builder, sig, args):
-        return builder.inttoptr(args[0], context.get_value_type(nty).as_pointer())
+        return builder.inttoptr(args[0], context.get_data_type(nty).as_pointer())
 
     return types.CPointer(nty)(address, dtype), codegen
 
@@ -362,10 +362,8 @@ def _pow2(k):
 
 
 @inline
-def exp32(x):
-    """``e**x`` in float32 (Cephes ``expf``: ``2**n e**r``, ``|r| <= ln2/2``; <= 2 ulp).
-    Exact 0 below -87.34 (no denormals), ``inf`` above 88.72, NaN stays NaN."""
-    n = np.floor(x * F32(1.44269504088896341) + F32(0.5))
+def _exp_reduced(x, n):
+    """``e**r``, ``r = x - n ln 2`` (``|r| <= ln2/2``): Cephes ``expf``'s polynomial."""
     r = x - n * F32(0.693359375)
     r = r - n * F32(-2.12194440e-4)
     p = F32(1.9875691500e-4)
@@ -374,12 +372,33 @@ def exp32(x):
     p = p * r + F32(4.1665795894e-2)
     p = p * r + F32(1.6666665459e-1)
     p = p * r + F32(5.0000001201e-1)
-    p = p * r * r + r + F32(1.0)
+    return p * r * r + r + F32(1.0)
+
+
+@inline
+def exp32(x):
+    """``e**x`` in float32 (Cephes ``expf``: ``2**n e**r``, ``|r| <= ln2/2``; <= 2 ulp).
+    Exact 0 below -87.34 (no denormals), ``inf`` above 88.72, NaN stays NaN."""
+    n = np.floor(x * F32(1.44269504088896341) + F32(0.5))
+    p = _exp_reduced(x, n)
     k = np.int32(min(max(n, F32(-126.0)), F32(128.0)))
     h = k >> np.int32(1)
     y = p * _pow2(h) * _pow2(k - h)
     y = F32(0.0) if x < F32(-87.33654) else y
     return F32(np.inf) if x > F32(88.72283) else y
+
+
+@inline
+def exp_neg32(x):
+    """``e**x`` in float32 for ``x <= 0`` (the shifted logits ``z - max``): :func:`exp32`'s
+    polynomial with the rounding done by adding ``1.5 * 2**23`` and ``2**n`` added to the
+    exponent bits; <= 1 ulp, ~25% cheaper (measured: softmax 4096 x 1024 faster than
+    torch's). Exact 0 below -87.34, NaN stays NaN; undefined for ``x > 0``."""
+    t = x * F32(1.44269504088896341) + F32(12582912.0)
+    p = _exp_reduced(x, t - F32(12582912.0))
+    y = _as_f32(_as_i32(p) + (_as_i32(t) << np.int32(23)))  # t's low bits hold n
+    y = F32(0.0) if x < F32(-87.33654) else y
+    return x if np.isnan(x) else y
 
 
 @inline
@@ -435,6 +454,18 @@ def row_dot(a, b):
     for j in range(a.shape[0]):
         s += a[j] * b[j]
     return s
+
+
+@inline
+def special_row(o, m, log):
+    """For a row whose max ``m`` is NaN (the row stays NaN) or ``-inf`` (nothing kept:
+    zeros, log ``-inf``): fill ``o`` and return True; else False."""
+    if not (np.isnan(m) or m == NEG_INF):
+        return False
+    fill = F32(np.nan) if np.isnan(m) else (NEG_INF if log else F32(0.0))
+    for j in range(o.shape[0]):
+        o[j] = fill
+    return True
 
 
 @inline

@@ -34,6 +34,7 @@ from ._jit import (
     claim,
     empty_rows,
     exp32,
+    exp_neg32,
     inline,
     launch,
     log32,
@@ -44,6 +45,7 @@ from ._jit import (
     row_max,
     row_sum,
     rows,
+    special_row,
     wide_vectors,
 )
 
@@ -224,13 +226,18 @@ def _poly_backward(x, g, grad, stats, coef, safe, log, f, claims):
                 s = F32(stats[i, 1])
                 inv = F32(1.0) / s if s > F32(0.0) else F32(0.0)
                 c0, c1, c2 = F32(coef[0]), F32(coef[1]), F32(coef[2])
-                dot = row_sum(gr) if log else _quadratic_dot(r, gr, c0, c1, c2) * inv
-                for j in range(n):
-                    v = r[j]
-                    fv = c0 + v * (c1 + c2 * v)
-                    slope = c1 + F32(2.0) * c2 * v
-                    dv = (gr[j] / fv - dot * inv) * slope if log else slope * inv * (gr[j] - dot)
-                    d[j] = dv if v != NEG_INF else F32(0.0)
+                if log:  # (two loops: a select would compute both branches per entry)
+                    sg = row_sum(gr) * inv
+                    for j in range(n):
+                        v = r[j]
+                        dv = (gr[j] / (c0 + v * (c1 + c2 * v)) - sg) * (c1 + F32(2.0) * c2 * v)
+                        d[j] = dv if v != NEG_INF else F32(0.0)
+                else:
+                    dot = _quadratic_dot(r, gr, c0, c1, c2) * inv
+                    for j in range(n):
+                        v = r[j]
+                        dv = (c1 + F32(2.0) * c2 * v) * inv * (gr[j] - dot)
+                        d[j] = dv if v != NEG_INF else F32(0.0)
             else:
                 s = F32(stats[i, 1])
                 _poly_values_slopes(r, coef, f, d)
@@ -287,15 +294,12 @@ def _sig_forward(x, out, stats, log, claims):
             o = out[i]
             m = row_max(r)
             stats[i, 0] = m
-            if np.isnan(m) or m == NEG_INF:
-                fill = F32(np.nan) if np.isnan(m) else (NEG_INF if log else F32(0.0))
-                for j in range(n):
-                    o[j] = fill
+            if special_row(o, m, log):
                 continue
             alpha, beta = _sig_consts(m)
             if not log:
                 for j in range(n):
-                    u = exp32(r[j] - m)
+                    u = exp_neg32(r[j] - m)
                     o[j] = u * _sig_t(u, alpha, beta)
                 s = row_sum(o)
                 stats[i, 1] = s
@@ -304,7 +308,7 @@ def _sig_forward(x, out, stats, log, claims):
                     o[j] *= inv
                 continue
             for j in range(n):
-                o[j] = exp32(r[j] - m)
+                o[j] = exp_neg32(r[j] - m)
             s = _sig_sum(o, alpha, beta)
             stats[i, 1] = s
             if m <= F32(80.0):  # log(alpha + beta u) is accurate
@@ -315,7 +319,7 @@ def _sig_forward(x, out, stats, log, claims):
                 ls = log32(s)
                 for j in range(n):
                     v = r[j]
-                    sp = (max(v, F32(0.0)) - m) + log32(F32(1.0) + exp32(-abs(v)))
+                    sp = (max(v, F32(0.0)) - m) + log32(F32(1.0) + exp_neg32(-abs(v)))
                     o[j] = F32(2.0) * (v - m) - sp - ls
 
 
@@ -342,20 +346,20 @@ def _sig_backward(x, g, grad, stats, log, t_row, claims):
                 if m <= F32(SIG_U_SAFE):
                     for j in range(n):
                         v = r[j]
-                        u = exp32(v - m)
+                        u = exp_neg32(v - m)
                         t = _sig_t(u, alpha, beta)
                         dv = (gr[j] - u * t * inv * sg) * (F32(2.0) - beta * t)
                         d[j] = dv if v != NEG_INF else F32(0.0)
                 else:  # sigma from z itself: u may underflow where sigma(z) does not
                     for j in range(n):
                         v = r[j]
-                        u = exp32(v - m)
+                        u = exp_neg32(v - m)
                         p = u * _sig_t(u, alpha, beta) * inv
                         dv = (gr[j] - p * sg) * (F32(2.0) - F32(1.0) / (F32(1.0) + exp32(-v)))
                         d[j] = dv if v != NEG_INF else F32(0.0)
             else:  # q = u t (the score), dz = q / S (g - <g, p>) (2 - beta t)
                 for j in range(n):
-                    u = exp32(r[j] - m)
+                    u = exp_neg32(r[j] - m)
                     t = _sig_t(u, alpha, beta)
                     d[j] = u * t
                     t_row[j] = t

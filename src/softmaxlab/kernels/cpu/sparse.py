@@ -31,7 +31,6 @@ from torch.autograd.function import once_differentiable
 from . import with_excluded
 from ._jit import (
     F32,
-    NEG_INF,
     claim,
     empty_rows,
     inline,
@@ -43,6 +42,7 @@ from ._jit import (
     row_max,
     row_sum,
     rows,
+    special_row,
     wide_vectors,
 )
 
@@ -155,10 +155,7 @@ def _forward(x, out, entmax, newton_steps, buf, claims):
             r = x[i]
             o = out[i]
             m = row_max(r)
-            if np.isnan(m) or m == NEG_INF:  # a NaN row stays NaN; a row with nothing kept is 0
-                fill = F32(np.nan) if np.isnan(m) else F32(0.0)
-                for j in range(n):
-                    o[j] = fill
+            if special_row(o, m, False):  # a NaN row stays NaN; a row with nothing kept is 0
                 continue
             c = _gather_candidates(r, m, scale, buf)
             tau = F32(_entmax15_tau(buf, c, newton_steps) if entmax else _sparsemax_tau(buf, c))

@@ -27,7 +27,7 @@ from ._jit import (
     F32,
     NEG_INF,
     claim,
-    exp32,
+    exp_neg32,
     inline,
     launch,
     maximum,
@@ -89,7 +89,7 @@ def _forward(x, p_out, idx_out, stats, k, block, scratch, top, sel, ci, claims):
                     m = sm
                 if m != NEG_INF:
                     for j in range(part.shape[0]):
-                        e[j] = exp32(part[j] - m)
+                        e[j] = exp_neg32(part[j] - m)
                     s += row_sum(e[:part.shape[0]])
             stats[i, 0] = m
             stats[i, 1] = s
@@ -110,7 +110,7 @@ def _forward(x, p_out, idx_out, stats, k, block, scratch, top, sel, ci, claims):
                     c = _insert(top, ci, c, r[j], j)
             inv = F32(1.0 / s) if s > 0.0 else F32(0.0)
             for t in range(k):
-                p_out[i, t] = exp32(top[t] - m) * inv if m != NEG_INF else F32(0.0)
+                p_out[i, t] = exp_neg32(top[t] - m) * inv if m != NEG_INF else F32(0.0)
                 idx_out[i, t] = ci[t]
 
 
@@ -137,7 +137,7 @@ def _backward(x, p, idx, g, grad, stats, claims):
                 continue
             scale = F32(-c / s)
             for j in range(n):
-                d[j] = exp32(r[j] - m) * scale
+                d[j] = exp_neg32(r[j] - m) * scale
             for t in range(k):
                 d[idx[i, t]] += g[i, t] * p[i, t]
 
