@@ -12,8 +12,12 @@ Every (case, implementation, mode) is measured the same way:
   ``before()`` for every repetition. ``both``: forward and backward together.
 * **Order.** Each implementation's first call is timed on its own (``first_s``: it exposes
   compilation and lazy initialization), then warm-up calls, then the repetitions run
-  round-robin over the implementations, so that the ratios between them are measured
-  under the same machine load.
+  in rounds over the implementations, so that the ratios between them are measured
+  under the same machine load; each round in a new (seeded) random order, because what
+  ran just before matters: an implementation called right after one that freed large
+  temporaries gets fresh pages from the allocator (glibc trims its heap), ~1 us per 4 KiB
+  page, 3x the time of a (4096, 1024) softmax. A fixed order put the candidate after the
+  naive formula in every round.
 * **Statistics.** Median, p20 and p80 (linear interpolation between order statistics,
   numpy's default), min, max, mean of the repetitions.
 * **Peak memory.** CUDA: ``torch.cuda.max_memory_allocated()`` above what was allocated
@@ -47,6 +51,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import resource
 import subprocess
@@ -515,6 +520,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: glibc allocator settings that change the timings of large outputs (recorded with them;
+#: see :mod:`softmaxlab.kernels.cpu.softmax` on fresh pages).
+MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES",
+                    "MALLOC_CONF")
+
+
 def machine_info() -> dict:
     """Host, CPU model, cores, torch threads, memory, allocator, GPU."""
     try:
@@ -527,6 +538,8 @@ def machine_info() -> dict:
         mem = None
     preload = os.environ.get("LD_PRELOAD", "")
     allocator = next((a for a in ("jemalloc", "tcmalloc", "mimalloc") if a in preload), "system")
+    tuned = [f"{k}={os.environ[k]}" for k in MALLOC_VARIABLES if os.environ.get(k)]
+    allocator += f" ({', '.join(tuned)})" if tuned else ""
     cuda = torch.cuda.is_available()
     return {
         "host": platform.node(),
@@ -691,8 +704,11 @@ def measure(case, mode: str, settings: Settings, inputs: Inputs | None = None, *
             reps = int(settings.budget_s / max(per_round, 1e-9))
             reps = max(settings.min_repeat, min(settings.max_repeat, reps))
         times = {k: [] for k in steps}
+        order = random.Random(f"{case.id}/{mode}")
         for _ in range(reps):
-            for name in list(steps):
+            for name in order.sample(list(steps), len(steps)):
+                if name not in steps:  # it failed earlier in this round
+                    continue
                 try:
                     times[name].append(timer.time(steps[name]))
                 except Exception as e:  # noqa: BLE001
