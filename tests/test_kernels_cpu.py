@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -249,9 +250,15 @@ def test_launch_frames_trampolines_and_fallback(tmp_path, monkeypatch):
         torch.testing.assert_close(sl.taylor_softmax(x), expect, rtol=0, atol=0)
         assert len(list((tmp_path / "trampolines").glob("t_*.py"))) == 1
         assert all(_jit._TRAMPOLINES.values())
+        (tmp_path / "file").write_text("")  # a cache that cannot be made: the temporary
+        monkeypatch.setenv("SOFTMAXLAB_CACHE_DIR", str(tmp_path / "file" / "cache"))  # dir
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+        assert _jit._write_once("t.py", "x = 1\n") == tmp_path / "tmp" / (
+            f"softmaxlab-{os.getuid()}") / "trampolines" / "t.py"
         monkeypatch.setattr(_jit, "_TRAMPOLINES", {})
         monkeypatch.setattr(_jit, "_build_trampoline", lambda *args: 1 / 0)
-        torch.testing.assert_close(sl.taylor_softmax(x), expect, rtol=0, atol=0)
+        with pytest.warns(RuntimeWarning, match="runs on Python threads.*ZeroDivisionError"):
+            torch.testing.assert_close(sl.taylor_softmax(x), expect, rtol=0, atol=0)
         assert list(_jit._TRAMPOLINES.values()) == [None]
     finally:
         torch.set_num_threads(old)

@@ -25,6 +25,9 @@ import hashlib
 import importlib.util
 import os
 import sys
+import tempfile
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -211,7 +214,10 @@ def _trampoline(kernel, values) -> int | None:
     if key not in _TRAMPOLINES:
         try:
             _TRAMPOLINES[key] = _build_trampoline(fn.__module__, fn.__qualname__, kinds)
-        except Exception:  # noqa: BLE001 - any failure: Python threads do the work
+        except Exception as e:  # noqa: BLE001 - any failure: Python threads do the work
+            warnings.warn(f"softmaxlab: CPU kernel {fn.__qualname__} runs on Python threads "
+                          f"(no OpenMP trampoline: {type(e).__name__}: {e})", RuntimeWarning,
+                          stacklevel=2)
             _TRAMPOLINES[key] = None
     return _TRAMPOLINES[key]
 
@@ -223,19 +229,36 @@ def _build_trampoline(module: str, name: str, kinds: list[str]) -> int:
         st = os.stat(importlib.util.find_spec(mod).origin)
         stamp += [str(st.st_mtime_ns), str(st.st_size)]
     digest = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:20]
-    root = Path(os.environ.get("SOFTMAXLAB_CACHE_DIR")
-                or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "softmaxlab")
-    path = root / "trampolines" / f"t_{digest}.py"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(source)
-        os.replace(tmp, path)
+    path = _write_once(f"t_{digest}.py", source)
     spec = importlib.util.spec_from_file_location(f"_softmaxlab_trampoline_{digest}", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # numba's cache finds the module's globals by its name
     spec.loader.exec_module(mod)
     return mod.trampoline.address
+
+
+def _write_once(name: str, text: str) -> Path:
+    """``<cache>/trampolines/<name>`` holding ``text`` (written atomically if missing); the
+    cache is ``SOFTMAXLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/softmaxlab`` or
+    ``~/.cache/softmaxlab``, else (not writable) one in the temporary directory."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    roots = [Path(os.environ.get("SOFTMAXLAB_CACHE_DIR")
+                  or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                  / "softmaxlab"),
+             Path(tempfile.gettempdir()) / f"softmaxlab-{uid}"]
+    for root in roots:
+        path = root / "trampolines" / name
+        try:
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+                tmp.write_text(text)
+                os.replace(tmp, path)
+            return path
+        except OSError:
+            if root is roots[-1]:
+                raise
+    return path  # not reached: the last root returns or raises
 
 
 @intrinsic
