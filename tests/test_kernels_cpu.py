@@ -56,8 +56,12 @@ def two_threads(request, monkeypatch):
         if request.param == "openmp":
             assert _jit._omp_parallel() is not None, "torch's OpenMP runtime not found"
 
-            def no_fallback(*args):
-                raise AssertionError(f"{args[0]} fell back to Python threads")
+            one_thread = _jit._pool_launch
+
+            def no_fallback(kernel, arrays, args, scratch, claims, threads):
+                if threads > 1:
+                    raise AssertionError(f"{kernel} fell back to Python threads")
+                one_thread(kernel, arrays, args, scratch, claims, threads)
 
             monkeypatch.setattr(_jit, "_pool_launch", no_fallback)
         else:

@@ -85,9 +85,7 @@ def launch(kernel, arrays: tuple, *args, scratch: tuple = ()):
     threads = min(torch.get_num_threads(), max(1, arrays[0].size // MIN_ENTRIES_PER_THREAD))
     claims = np.array([0, max(1, ENTRIES_PER_CLAIM // max(arrays[0].shape[-1], 1))], np.int64)
     if threads == 1:
-        kernel(*arrays, *args, *[np.empty(max(size, 1), dtype) for size, dtype in scratch],
-               claims)
-        return
+        return _pool_launch(kernel, arrays, args, scratch, claims, 1)  # the caller alone
     values = (*arrays, *args, *[np.dtype(dtype) for _, dtype in scratch], claims)
     omp = _omp_parallel()
     trampoline = omp and _trampoline(kernel, values)
