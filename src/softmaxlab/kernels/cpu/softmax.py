@@ -38,7 +38,7 @@ class ExpNormalize(torch.autograd.Function):
     def forward(ctx, l: torch.Tensor, log: bool, rows_kernel) -> torch.Tensor:
         empty = None
         if rows_kernel is not None:
-            l = l.contiguous()
+            l = l.detach().contiguous()
             out = torch.empty_like(l)
             n = max(l.shape[-1], 1)
             flags = rows_kernel(l.view(-1, n).numpy(), out.view(-1, n).numpy(), log)
