@@ -20,9 +20,6 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import TOPK_BLOCK
-
-#: Blocks per span of the streamed normalizer (one rescale and one exp-sum per span).
-SPAN_BLOCKS = 16
 from ._jit import (
     F32,
     NEG_INF,
@@ -36,6 +33,9 @@ from ._jit import (
     row_sum,
     wide_vectors,
 )
+
+#: Blocks per span of the streamed normalizer (one rescale and one exp-sum per span).
+SPAN_BLOCKS = 16
 
 
 @inline
