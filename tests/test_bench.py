@@ -296,6 +296,36 @@ def test_missing_peer_packages_are_reported_not_raised(monkeypatch):
     assert time_vs_entmax and time_vs_entmax[0]["met"] is None
 
 
+def test_rounds_run_in_a_seeded_random_order():
+    """Every implementation runs once per round; the order changes between rounds (no
+    implementation always follows the same one) and is the same in a second run."""
+    calls: list[str] = []
+
+    def impl(name):
+        def load():
+            def fn(x):
+                calls.append(name)
+                return x * 2
+
+            return fn
+
+        return C.Impl(name, load, role="candidate" if name == "a" else "baseline")
+
+    case = C.RowsCase("softmax", "softmax", (2, 3), torch.float32, "cpu",
+                      tuple(impl(n) for n in "abcd"))
+    settings = H.Settings(repeat=12, warmup=0, memory=False)
+    H.measure(case, "forward", settings)
+    first = calls[4:]  # after the four first calls
+    rounds = [first[i:i + 4] for i in range(0, 48, 4)]
+    assert len(first) == 48 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 3
+    followers = {x: {first[i - 1] for i in range(1, 48) if first[i] == x} for x in "abcd"}
+    assert all(len(f) > 1 for f in followers.values()), followers
+    calls.clear()
+    H.measure(case, "forward", settings)
+    assert calls[4:] == first
+
+
 def test_an_implementation_that_raises_is_an_error_row_not_a_crash():
     def broken():
         def fn(x):
