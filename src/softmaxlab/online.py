@@ -94,6 +94,18 @@ def online_logsumexp(x: torch.Tensor, dim: int = -1, *, chunk_size: int = 65536)
     return reduce(OnlineState.merge, states).logsumexp().to(x.dtype)
 
 
+def check_topk(x: object, k: object, dim: object) -> tuple[int, int]:
+    """Validate ``softmax_topk``'s arguments; the dim as an index and its size."""
+    check_input(x)
+    d = check_dim(x, dim)
+    n = x.shape[d] if x.dim() else 1
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {k!r}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] (the size of dim {dim}), got {k}")
+    return d, n
+
+
 def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The ``k`` largest softmax probabilities along ``dim`` and their indices.
 
@@ -107,13 +119,7 @@ def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tenso
         >>> i
         tensor([1, 2])
     """
-    check_input(x)
-    d = check_dim(x, dim)
-    n = x.shape[d] if x.dim() else 1
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {k!r}")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}] (the size of dim {dim}), got {k}")
+    d, n = check_topk(x, k, dim)
     triton = kernels.triton_kernel("softmax_topk", x)
     if triton is not None:
         return triton(x, k, dim=dim)

@@ -128,10 +128,12 @@ def nll_rows(logp: torch.Tensor, rows: Rows, weight: torch.Tensor | None,
     return torch.where(rows.keep, loss, zero), torch.where(rows.keep, w_rows, zero)
 
 
-def reduce(loss: torch.Tensor, w_rows: torch.Tensor, rows: Rows, reduction: str) -> torch.Tensor:
-    """Apply ``reduction`` to per-row losses (ignored rows already 0)."""
+def reduce(loss: torch.Tensor, w_rows: torch.Tensor, batch_shape: torch.Size,
+           reduction: str) -> torch.Tensor:
+    """Apply ``reduction`` to per-row losses (ignored rows already 0); ``mean`` divides by
+    the sum of the rows' weights ``w_rows`` (0 for ignored rows; a loss of 0 when all are)."""
     if reduction == "none":
-        return loss.reshape(rows.batch_shape)
+        return loss.reshape(batch_shape)
     total = loss.sum()
     if reduction == "sum":
         return total
@@ -146,4 +148,4 @@ def weighted_reduce(loss: torch.Tensor, weight: torch.Tensor | None, rows: Rows,
     w_rows = torch.ones_like(loss) if weight is None else weight.to(loss.dtype)[rows.target]
     zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
     return reduce(torch.where(rows.keep, loss * w_rows, zero),
-                  torch.where(rows.keep, w_rows, zero), rows, reduction)
+                  torch.where(rows.keep, w_rows, zero), rows.batch_shape, reduction)

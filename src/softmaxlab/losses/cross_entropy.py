@@ -62,7 +62,7 @@ def cross_entropy(
     w = class_weights(weight, rows.n_classes, rows.logits)
     logp = log_probs(mapping, rows.logits, mapping_params)
     loss, w_rows = nll_rows(logp, rows, w, label_smoothing)
-    return reduce(loss, w_rows, rows, reduction).to(logits.dtype)
+    return reduce(loss, w_rows, rows.batch_shape, reduction).to(logits.dtype)
 
 
 def soft_margin_loss(

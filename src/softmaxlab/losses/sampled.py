@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .._checks import check_int
 from ..functional._common import check_input
-from ._common import check_reduction, check_target
+from ._common import check_reduction, check_target, reduce
 
 NEG_INF = float("-inf")
 
@@ -104,12 +104,9 @@ def _candidate_logits(hidden, weight, target, bias, num_sampled, noise, samples,
 
 
 def _reduce_rows(loss: torch.Tensor, keep: torch.Tensor, reduction: str) -> torch.Tensor:
-    loss = torch.where(keep, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / keep.sum().clamp(min=1)
+    """``reduction`` of per-row losses ``(N,)``, the rows not in ``keep`` counting nowhere."""
+    zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
+    return reduce(torch.where(keep, loss, zero), keep.to(loss.dtype), keep.shape, reduction)
 
 
 def sampled_softmax_loss(

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...functional._common import check_dim, check_input
+from ...online import check_topk
 from . import _launch as L
 from ._softmax import _acc, row_stats
 
@@ -75,13 +75,7 @@ def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tenso
     Shape: ``x`` ``(*)``; returns values (``x``'s dtype) and int64 indices with ``dim`` of
     size ``k``.
     """
-    check_input(x)
-    d = check_dim(x, dim)
-    n = x.shape[d] if x.dim() else 1
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {k!r}")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}] (the size of dim {dim}), got {k}")
+    d, _ = check_topk(x, k, dim)
     rows, (shape, _, ndim) = L.as_rows(x, d)
     p, idx = SoftmaxTopkFunction.apply(rows, k)
     out_shape = shape[:-1] + (k,)
