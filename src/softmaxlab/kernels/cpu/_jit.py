@@ -21,6 +21,7 @@ scalar libm call (~5x slower than AVX), and ``max`` reductions are not vectorize
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import importlib.util
 import os
@@ -97,30 +98,25 @@ def launch(kernel, arrays: tuple, *args, scratch: tuple = ()):
 
 
 # ------------------------------------------------------------------ torch's OpenMP threads
-_OMP: list = []
-
-
+@functools.cache
 def _omp_parallel():
     """``GOMP_parallel(fn, data, threads, flags)`` of the OpenMP runtime torch runs on, or
     ``None`` (torch built without OpenMP, or a runtime without the GNU entry point)."""
-    if not _OMP:
-        fn = None
-        if "OpenMP" in torch.__config__.parallel_info():
-            names = ("libgomp", "libiomp5", "libomp")
-            libs = sorted({line.split()[-1] for line in _maps() if "/" in line
-                           and os.path.basename(line.split()[-1]).startswith(names)},
-                          key=lambda path: "torch" not in path)  # torch's own first
-            for path in libs:
-                try:
-                    fn = ctypes.CDLL(path).GOMP_parallel
-                    break
-                except (OSError, AttributeError):
-                    continue
-        if fn is not None:
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-            fn.restype = None
-        _OMP.append(fn)
-    return _OMP[0]
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return None
+    names = ("libgomp", "libiomp5", "libomp")
+    libs = sorted({line.split()[-1] for line in _maps() if "/" in line
+                   and os.path.basename(line.split()[-1]).startswith(names)},
+                  key=lambda path: "torch" not in path)  # torch's own first
+    for path in libs:
+        try:
+            fn = ctypes.CDLL(path).GOMP_parallel
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+        fn.restype = None
+        return fn
+    return None
 
 
 def _maps() -> list[str]:
@@ -239,24 +235,22 @@ def _write_once(name: str, text: str) -> Path:
     """``<cache>/trampolines/<name>`` holding ``text`` (written atomically if missing); the
     cache is ``SOFTMAXLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/softmaxlab`` or
     ``~/.cache/softmaxlab``, else (not writable) one in the temporary directory."""
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    roots = [Path(os.environ.get("SOFTMAXLAB_CACHE_DIR")
-                  or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                  / "softmaxlab"),
-             Path(tempfile.gettempdir()) / f"softmaxlab-{uid}"]
-    for root in roots:
-        path = root / "trampolines" / name
-        try:
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-                tmp.write_text(text)
-                os.replace(tmp, path)
-            return path
-        except OSError:
-            if root is roots[-1]:
-                raise
-    return path  # not reached: the last root returns or raises
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "softmaxlab"
+    try:
+        return _write_in(Path(os.environ.get("SOFTMAXLAB_CACHE_DIR") or home), name, text)
+    except OSError:
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        return _write_in(Path(tempfile.gettempdir()) / f"softmaxlab-{uid}", name, text)
+
+
+def _write_in(root: Path, name: str, text: str) -> Path:
+    path = root / "trampolines" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path
 
 
 @intrinsic
