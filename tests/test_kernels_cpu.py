@@ -35,7 +35,7 @@ from softmaxlab.losses import linear_cross_entropy
 from .conftest import BASE_TOL, NEG_INF, Tol, assert_close, gen
 
 numba_missing = pytest.mark.skipif(
-    cpu.numba_module("sparse", forced=False) is None, reason="numba is not installed")
+    not kernels.registry.available("numba"), reason="numba is not installed")
 F32, F64 = torch.float32, torch.float64
 NAN = float("nan")
 
@@ -50,7 +50,7 @@ def backend(monkeypatch):
 def two_threads(request, monkeypatch):
     """Two threads, on torch's OpenMP threads (asserting that no kernel falls back to Python
     threads) or on Python threads (the fallback where OpenMP or a trampoline is missing)."""
-    if cpu.numba_module("sparse", forced=False) is not None:
+    if kernels.registry.available("numba"):
         from softmaxlab.kernels.cpu import _jit
 
         if request.param == "openmp":
@@ -287,24 +287,19 @@ def test_sparse_support_boundary_ties(backend):
         compare(mapping, x, -1, backend)
 
 
-def test_log_softmax_gradient_at_neg_inf_logits(backend):
-    """The one documented difference (kernels/cpu/softmax.py): an upstream gradient at a
-    -inf log-probability reaches its -inf logit (torch's derivative; the reference drops
-    it), except in rows with nothing kept. With a finite loss both agree."""
-    x = torch.tensor([[0.0, NEG_INF, 1.0], [NEG_INF, NEG_INF, NEG_INF]])
-    up = torch.ones(2, 3)
-
-    def grad(name, up):
-        backend(name)
-        xx = x.clone().requires_grad_()
-        return torch.autograd.grad(sl.log_softmax(xx), xx, up)[0]
-
-    fast, ref = grad("", up), grad("reference", up)
-    assert fast[0, 1] == 1 and ref[0, 1] == 0
-    assert (fast[1] == 0).all() and (ref[1] == 0).all()
-    torch.testing.assert_close(fast[0, [0, 2]], ref[0, [0, 2]])
-    finite_up = up * torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
-    torch.testing.assert_close(grad("", finite_up), grad("reference", finite_up))
+@pytest.mark.parametrize("name", ["", "reference"])
+def test_log_softmax_gradient_at_neg_inf_logits_is_that_of_the_sliced_row(backend, name):
+    """An upstream gradient at a -inf log-probability neither reaches its -inf logit nor the
+    kept entries: on every backend the gradient is that of the row with the -inf entry
+    sliced out (0 in rows with nothing kept)."""
+    backend(name)
+    x = torch.tensor([[0.0, NEG_INF, 1.0], [NEG_INF, NEG_INF, NEG_INF]], requires_grad=True)
+    up = torch.tensor([[0.5, 3.0, -1.0], [1.0, 2.0, 3.0]])
+    (got,) = torch.autograd.grad(sl.log_softmax(x), x, up)
+    kept = x.detach()[0, [0, 2]].requires_grad_()
+    (want,) = torch.autograd.grad(torch.log_softmax(kept, -1), kept, up[0, [0, 2]])
+    assert got[0, 1] == 0 and (got[1] == 0).all()
+    torch.testing.assert_close(got[0, [0, 2]], want)
 
 
 def test_softmax_torch_path_equals_torch_bitwise(backend):
@@ -511,24 +506,26 @@ def test_backend_variable_is_checked(backend):
         kernels.backend(torch.empty(3, device="meta"))
 
 
-def test_triton_plugs_in(backend, monkeypatch):
-    """A tensor routed to the Triton backend runs the registered kernel of the public
-    function; ops without one fall back to the reference."""
+def test_triton_plugs_in(monkeypatch):
+    """A tensor routed to the Triton backend runs the registered kernel's row functions (the
+    rows already prepared by the one front end); ops without one fall back to the
+    reference."""
     calls = []
 
-    def fake_softmax(x, dim=-1, *, temperature=1.0, mask=None):
-        calls.append((tuple(x.shape), dim, temperature))
-        return torch.zeros_like(x)
+    class FakeTritonSoftmax:
+        @staticmethod
+        def expnorm_forward(l, log):
+            calls.append((tuple(l.shape), log))
+            return torch.zeros_like(l)
 
-    monkeypatch.setattr(kernels, "backend", lambda x: "triton")
-    monkeypatch.setattr(kernels, "_triton_kernels", lambda: {"softmax": fake_softmax})
+    monkeypatch.setattr(kernels.registry, "backend", lambda x: "triton")
+    monkeypatch.setitem(kernels.registry._MODULES, "triton.softmax", FakeTritonSoftmax)
     x = torch.randn(2, 3)
     assert torch.equal(sl.softmax(x, 0, temperature=2.0), torch.zeros(2, 3))
-    assert calls == [((2, 3), 0, 2.0)]
+    assert calls == [((3, 2), False)]  # dim 0 moved last
     assert kernels.kernel_name("softmax", x) == "triton.softmax"
-    assert kernels.kernel_name("sparsemax", x) == "reference"
-    assert kernels.cpu_kernel("sparsemax", x) is None
-    torch.testing.assert_close(sl.sparsemax(x), sl.sparsemax(x.double()).float())
+    assert kernels.kernel_name("entmax15", x) == "reference"
+    torch.testing.assert_close(sl.entmax15(x), sl.entmax15(x.double()).float())
 
 
 NO_NUMBA = """

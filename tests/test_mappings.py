@@ -696,12 +696,12 @@ def test_params_validate_their_own_values(mapping):
 
 @pytest.mark.parametrize("mapping, fn", FUNCTIONS, ids=ids)
 def test_signature(mapping, fn):
-    """(x, dim=-1, *, <params with the registry's defaults>, mask=None)."""
+    """(x, dim=-1, *, <params with the registry's defaults>, mask=None, dtype=None)."""
     P = inspect.Parameter
     got = [(p.name, p.kind, p.default) for p in signature_params(fn)]
     want = ([("x", P.POSITIONAL_OR_KEYWORD, P.empty), ("dim", P.POSITIONAL_OR_KEYWORD, -1)]
             + [(p.name, P.KEYWORD_ONLY, p.default) for p in mapping.params]
-            + [("mask", P.KEYWORD_ONLY, None)])
+            + [("mask", P.KEYWORD_ONLY, None), ("dtype", P.KEYWORD_ONLY, None)])
     assert got == want
 
 

@@ -35,11 +35,12 @@ def build(case: Case, dim: int = -1) -> MappingModule:
 
 @pytest.mark.parametrize("mapping, fn", FUNCTIONS, ids=ids)
 def test_module_signature_matches_functional(mapping, fn):
-    """__init__(dim=-1, *, <params>): the functional's signature less x and mask."""
+    """__init__(dim=-1, *, <params>): the functional's signature less x, mask and dtype (the
+    per-call arguments of forward)."""
     cls = module_for(fn)
     assert issubclass(cls, MappingModule) and cls.function is fn
     want = [(p.name, p.kind, p.default) for p in signature_params(fn)
-            if p.name not in ("x", "mask")]
+            if p.name not in ("x", "mask", "dtype")]
     got = [(p.name, p.kind, p.default) for p in signature_params(cls.__init__)[1:]]
     assert got == want
 

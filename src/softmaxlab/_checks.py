@@ -3,41 +3,10 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 from ._registry import Mapping, get_mapping, mappings
-
-
-def check_int(name: str, value: Any, minimum: int = 1) -> int:
-    """An ``int`` (not a bool) ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
-def check_real(name: str, value: Any, *, low: float = -math.inf, high: float = math.inf,
-               low_open: bool = False, high_open: bool = False) -> float:
-    """A finite real number in ``[low, high]`` (an end is excluded when ``*_open``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    v = float(value)
-    below = v <= low if low_open else v < low
-    above = v >= high if high_open else v > high
-    if not math.isfinite(v) or below or above:
-        lo = f"{'(' if low_open else '['}{low:g}"
-        hi = f"{high:g}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be a finite number in {lo}, {hi}, got {value!r}")
-    return v
-
-
-def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
-    return value
+from ._validation import check_bool, check_int, check_real  # noqa: F401  (re-exported)
 
 
 def log_mapping_names() -> list[str]:

@@ -18,8 +18,9 @@ from functools import reduce
 import torch
 
 from . import kernels
-from ._checks import check_int
-from .functional._common import LOW_PRECISION, NEG_INF, check_dim, check_input
+from ._constants import LOW_PRECISION, NEG_INF
+from ._validation import check_dim, check_input, check_int, check_k
+from .kernels import ops
 
 __all__ = ["OnlineState", "online_logsumexp", "softmax_topk"]
 
@@ -94,18 +95,6 @@ def online_logsumexp(x: torch.Tensor, dim: int = -1, *, chunk_size: int = 65536)
     return reduce(OnlineState.merge, states).logsumexp().to(x.dtype)
 
 
-def check_topk(x: object, k: object, dim: object) -> tuple[int, int]:
-    """Validate ``softmax_topk``'s arguments; the dim as an index and its size."""
-    check_input(x)
-    d = check_dim(x, dim)
-    n = x.shape[d] if x.dim() else 1
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {k!r}")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}] (the size of dim {dim}), got {k}")
-    return d, n
-
-
 def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The ``k`` largest softmax probabilities along ``dim`` and their indices.
 
@@ -119,16 +108,24 @@ def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tenso
         >>> i
         tensor([1, 2])
     """
-    d, n = check_topk(x, k, dim)
-    triton = kernels.triton_kernel("softmax_topk", x)
-    if triton is not None:
-        return triton(x, k, dim=dim)
-    z = x.float() if x.dtype in LOW_PRECISION else x
-    kernel = kernels.cpu_kernel("softmax_topk", z, k=k, n=n)
-    if kernel is not None:
-        rows = z.movedim(d, -1)
-        p, idx = kernel.fn(rows.reshape(-1, n), k)
-        shape = rows.shape[:-1] + (k,)
-        return p.reshape(shape).movedim(-1, d).to(x.dtype), idx.reshape(shape).movedim(-1, d)
-    top, idx = z.topk(k, dim=d)
-    return OnlineState.from_chunk(z, d).probabilities(top, d).to(x.dtype), idx
+    check_input(x)
+    d = check_dim(x, dim)
+    check_k(x, d, k)
+    if x.dim() == 0:
+        p, idx = softmax_topk(x.reshape(1), k)
+        return p.reshape(()), idx.reshape(())
+    last = d == x.dim() - 1
+    rows = x if last else x.movedim(d, -1)
+    spec = kernels.select("softmax_topk", rows, k=k, n=rows.shape[-1])
+    if spec is not None:
+        p, idx = ops.softmax_topk(rows if spec.low_precision else _compute(rows), k, spec.name)
+    else:
+        z = _compute(rows)
+        top, idx = z.topk(k, dim=-1)
+        p = OnlineState.from_chunk(z).probabilities(top)
+    p = p.to(x.dtype)
+    return (p, idx) if last else (p.movedim(-1, d), idx.movedim(-1, d))
+
+
+def _compute(z: torch.Tensor) -> torch.Tensor:
+    return z.float() if z.dtype in LOW_PRECISION else z

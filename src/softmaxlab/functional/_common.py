@@ -1,11 +1,16 @@
-"""What every mapping shares: argument checks, the numerical contract, the safe normalizer.
+"""What every mapping shares: the one front end, the numerical contract, the safe normalizer.
 
-The numerical contract (DESIGN.md §2) is implemented here once:
+The numerical contract (DESIGN.md §2) is implemented here once, by :func:`along`:
 
-* half and bfloat16 inputs are computed in float32 and returned in the input dtype;
-* ``mask`` (bool, broadcastable, True = keep) and ``-inf`` logits mean "excluded";
+* ``dtype=`` casts the input first (as torch's softmax); half and bfloat16 are computed in
+  float32 and returned in their own dtype;
+* ``mask`` (bool, broadcastable, True = keep) and ``-inf`` logits mean "excluded": a masked
+  entry is set to ``-inf``, so it gets zero gradient, exactly as if it were sliced out;
 * a row with no kept entry gives zeros (log form ``-inf``) and zero gradient, never NaN;
 * NaN stays in its own row.
+
+Each mapping's row core then runs its kernel where :func:`softmaxlab.kernels.select` picks
+one (a custom op, :mod:`softmaxlab.kernels.ops`), else its pure-torch reference.
 """
 
 from __future__ import annotations
@@ -15,92 +20,63 @@ from typing import Callable
 import torch
 
 from .. import kernels
-
-LOW_PRECISION = (torch.float16, torch.bfloat16)
-NEG_INF = float("-inf")
-
-
-def check_input(x: object, name: str = "x") -> torch.Tensor:
-    """Raise ``TypeError`` unless ``x`` is a real floating-point tensor."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a real floating-point tensor, got dtype {x.dtype}")
-    return x
+from .._constants import LOW_PRECISION, NEG_INF
+from .._validation import check_dim, check_dtype, check_input, check_mask
+from ..kernels import ops
 
 
-def check_dim(x: torch.Tensor, dim: object) -> int:
-    """``dim`` as a non-negative index into ``x`` (``IndexError`` when out of range)."""
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"dim must be an int, got {dim!r} ({type(dim).__name__})")
-    ndim = max(x.dim(), 1)
-    if not -ndim <= dim < ndim:
-        raise IndexError(f"dim={dim} is out of range for a tensor with {x.dim()} dimension(s)")
-    return dim % ndim
-
-
-def check_broadcast(t: torch.Tensor, shape: torch.Size, name: str) -> None:
-    """Raise ``ValueError`` unless ``t`` broadcasts to ``shape`` without growing it."""
-    try:
-        ok = torch.broadcast_shapes(t.shape, shape) == shape
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {tuple(shape)}")
-
-
-def check_mask(mask: object, x: torch.Tensor) -> torch.Tensor:
-    """A bool mask broadcast to ``x``'s shape (True = keep)."""
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask must be a bool tensor or None, got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must have dtype torch.bool (True = keep), got {mask.dtype}")
-    check_broadcast(mask, x.shape, "mask")
-    return mask.to(x.device).broadcast_to(x.shape)
-
-
-def apply_along(
+def along(
     x: torch.Tensor,
     dim: int,
     mask: torch.Tensor | None,
-    core: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    core: Callable[[torch.Tensor], torch.Tensor],
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Run ``core(z, excluded)`` on the rows of ``x`` along ``dim``.
+    """Run ``core(z)`` on the rows of ``x`` along ``dim`` and return the result in ``x``'s
+    layout and dtype (``dtype``'s when given).
 
-    ``core`` sees ``z`` with the reduced dimension last, in float32 or float64, and
-    ``excluded`` (bool, same shape, or ``None`` when no mask was given). The result is
-    moved back and returned in ``x``'s dtype.
+    ``core`` sees ``z`` with the reduced dimension last (any leading shape, at least one
+    entry per row), excluded entries at ``-inf``, in the input's dtype: it upcasts half
+    types itself (:func:`compute`), unless its kernel takes them as they are.
     """
     check_input(x)
     d = check_dim(x, dim)
-    excluded = None if mask is None else ~check_mask(mask, x)
-    z = x.float() if x.dtype in LOW_PRECISION else x
-    if z.dim() == 0:
-        z = z.reshape(1)
-        excluded = None if excluded is None else excluded.reshape(1)
-    z = z.movedim(d, -1)
-    if excluded is not None:
-        excluded = excluded.movedim(d, -1)
-    out = z.clone() if z.shape[-1] == 0 else core(z, excluded)
-    out = out.movedim(-1, d)
+    if dtype is not None:
+        x = x.to(check_dtype(dtype))
+    z = x.reshape(1) if x.dim() == 0 else x
+    if mask is not None:
+        z = z.masked_fill(~check_mask(mask, z), NEG_INF)
+    last = d == z.dim() - 1
+    if not last:
+        z = z.movedim(d, -1)
+    out = z.clone() if z.shape[-1] == 0 else core(z)
+    if not last:
+        out = out.movedim(-1, d)
     return (out.reshape(()) if x.dim() == 0 else out).to(x.dtype)
 
 
-def excluded_entries(z: torch.Tensor, excluded: torch.Tensor | None) -> torch.Tensor:
-    """Entries that are masked out or equal to ``-inf``."""
-    neg_inf = torch.isneginf(z)
-    return neg_inf if excluded is None else excluded | neg_inf
+def compute(z: torch.Tensor) -> torch.Tensor:
+    """``z`` in its compute dtype: float32 for half types, else itself."""
+    return z.float() if z.dtype in LOW_PRECISION else z
 
 
-class _ExpNormalize(torch.autograd.Function):
+def excluded_entries(z: torch.Tensor) -> torch.Tensor:
+    """Entries that are excluded (``-inf``)."""
+    return torch.isneginf(z)
+
+
+class ExpNormalizeFunction(torch.autograd.Function):
     """Safe softmax of log-scores ``l`` along the last dim; saves only its output.
 
     ``exp(l) / sum(exp(l))`` (or its log) with ``-inf`` meaning excluded; a row with no kept
-    entry gives zeros (log: ``-inf``) and zero gradient.
+    entry gives zeros (log: ``-inf``) and zero gradient. Supports ``torch.func`` (vmap, grad,
+    jvp) and ``torch.compile``.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, l: torch.Tensor, log: bool) -> torch.Tensor:
+    def forward(l: torch.Tensor, log: bool) -> torch.Tensor:
         m = l.amax(-1, keepdim=True)
         m = m.masked_fill(m == NEG_INF, 0.0)
         shifted = l - m
@@ -108,56 +84,73 @@ class _ExpNormalize(torch.autograd.Function):
         s = e.sum(-1, keepdim=True)
         empty = s == 0
         if log:
-            out = (shifted - s.log()).masked_fill(empty, NEG_INF)
-        else:
-            out = e.div_(s.masked_fill(empty, 1.0))
-        ctx.log = log
-        ctx.save_for_backward(out)
-        return out
+            return (shifted - s.log()).masked_fill(empty, NEG_INF)
+        return e / s.masked_fill(empty, 1.0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.log = inputs[1]
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (out,) = ctx.saved_tensors
-        if ctx.log:
-            grad = g - out.exp() * g.sum(-1, keepdim=True)
-            return grad.masked_fill(out == NEG_INF, 0.0), None
-        return out * (g - (g * out).sum(-1, keepdim=True)), None
+        return _expnorm_vjp(g, out, ctx.log), None
+
+    @staticmethod
+    def jvp(ctx, dl: torch.Tensor, _dlog):
+        (out,) = ctx.saved_tensors
+        p = out.exp() if ctx.log else out
+        dl = dl.masked_fill(p == 0, 0.0)
+        d = dl - (p * dl).sum(-1, keepdim=True)
+        return d.masked_fill(p == 0, 0.0) if ctx.log else p * d
+
+
+def _expnorm_vjp(g: torch.Tensor, out: torch.Tensor, log: bool) -> torch.Tensor:
+    """Input gradient of the safe (log-)softmax from its output; excluded entries get 0 and
+    their upstream gradient is ignored."""
+    if log:
+        excluded = out == NEG_INF
+        g = g.masked_fill(excluded, 0.0)
+        return (g - out.exp() * g.sum(-1, keepdim=True)).masked_fill(excluded, 0.0)
+    return out * (g - (g * out).sum(-1, keepdim=True))
 
 
 def exp_normalize(l: torch.Tensor, log: bool) -> torch.Tensor:
-    """Safe (log-)softmax of log-scores along the last dim (see :class:`_ExpNormalize`; the
-    CPU kernel ``cpu.softmax`` where :mod:`softmaxlab.kernels` chooses it)."""
-    kernel = kernels.cpu_kernel("softmax", l)
-    return _ExpNormalize.apply(l, log) if kernel is None else kernel.fn(l, log)
-
-
-def with_kernel(op: str, reference: Callable, *args) -> Callable:
-    """A ``core`` for :func:`apply_along`: the CPU kernel of ``op``, called as
-    ``kernel(z, excluded, *args)``, where :mod:`softmaxlab.kernels` chooses one, else
-    ``reference(z, excluded)``."""
-
-    def core(z: torch.Tensor, excluded: torch.Tensor | None) -> torch.Tensor:
-        kernel = kernels.cpu_kernel(op, z)
-        return reference(z, excluded) if kernel is None else kernel.fn(z, excluded, *args)
-
-    return core
+    """Safe (log-)softmax of log-scores along the last dim: the ``softmax`` kernel where one
+    is chosen, else :class:`ExpNormalizeFunction`."""
+    spec = kernels.select("softmax", l)
+    if spec is None:
+        return ExpNormalizeFunction.apply(compute(l), log)
+    return ops.expnorm(l if spec.low_precision else compute(l), log, spec.name)
 
 
 def log_score_mapping(
     z: torch.Tensor,
-    excluded: torch.Tensor | None,
     log_score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     log: bool,
 ) -> torch.Tensor:
     """``g(z) / sum g(z)`` for a positive score ``g`` given as ``log_score(z, excl) = log g``.
 
-    Excluded entries (mask or ``-inf``) are replaced by 0 before ``log_score`` runs, so no
-    infinite intermediate can turn their zero gradient into NaN, then set to ``-inf``.
+    Excluded entries (``-inf``) are replaced by 0 before ``log_score`` runs, so no infinite
+    intermediate can turn their zero gradient into NaN, then set to ``-inf``.
     ``log_score`` may add any per-row constant (the result does not change).
     """
-    excl = excluded_entries(z, excluded)
+    z = compute(z)
+    excl = excluded_entries(z)
     l = log_score(z.masked_fill(excl, 0.0), excl).masked_fill(excl, NEG_INF)
     return exp_normalize(l, log)
+
+
+def score_mapping(op: str, z: torch.Tensor, coef: tuple[float, ...], log: bool,
+                  reference: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """A score mapping's rows: its fused kernel (``coef``: the polynomial, lowest degree
+    first; ``()``: sigsoftmax) where one is chosen, else ``reference(z)``."""
+    spec = kernels.select(op, z)
+    if spec is None:
+        return reference(z)
+    return ops.score_map(compute(z), coef, log, spec.name)
 
 
 def safe_where(cond: torch.Tensor, z: torch.Tensor, fill: float) -> torch.Tensor:

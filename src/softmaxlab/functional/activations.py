@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from .._registry import Mapping, Param, register
-from ._common import NEG_INF, apply_along, excluded_entries, log_score_mapping, safe_where
+from .._validation import checks_values
+from ._common import along, compute, excluded_entries, log_score_mapping, safe_where
 
 
 def _log_softplus(z: torch.Tensor, _excl: torch.Tensor) -> torch.Tensor:
@@ -58,10 +59,10 @@ ACTIVATION = Param(
 )
 
 
-def _activation(x, dim, activation, mask, log):
+def _activation(x, dim, activation, mask, dtype, log):
     ACTIVATION.validate(activation)
     score = ACTIVATIONS[activation]
-    return apply_along(x, dim, mask, lambda z, e: log_score_mapping(z, e, score, log))
+    return along(x, dim, mask, lambda z: log_score_mapping(z, score, log), dtype)
 
 
 def activation_normalize(
@@ -70,6 +71,7 @@ def activation_normalize(
     *,
     activation: str = "softplus",
     mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""A positive activation divided by its sum: :math:`p_i = a(z_i) / \sum_j a(z_j)`.
 
@@ -82,7 +84,7 @@ def activation_normalize(
         >>> activation_normalize(torch.tensor([-2.0, 0.0, 0.5]), activation="relu")
         tensor([2.0000e-06, 2.0000e-06, 1.0000e+00])
     """
-    return _activation(x, dim, activation, mask, log=False)
+    return _activation(x, dim, activation, mask, dtype, log=False)
 
 
 def log_activation_normalize(
@@ -91,15 +93,16 @@ def log_activation_normalize(
     *,
     activation: str = "softplus",
     mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Log of :func:`activation_normalize`: :math:`\log a(z_i) - \log\sum_j a(z_j)`."""
-    return _activation(x, dim, activation, mask, log=True)
+    return _activation(x, dim, activation, mask, dtype, log=True)
 
 
-def _normalize_core(z: torch.Tensor, excluded: torch.Tensor | None) -> torch.Tensor:
-    excl = excluded_entries(z, excluded)
-    kept = z.masked_fill(excl, 0.0)
-    if bool((kept < 0).any()):
+def _normalize_core(z: torch.Tensor) -> torch.Tensor:
+    z = compute(z)
+    kept = z.masked_fill(excluded_entries(z), 0.0)
+    if checks_values() and bool((kept < 0).any()):
         bad = kept[kept < 0][0].item()
         raise ValueError(f"normalize needs x >= 0 (outside mask and -inf), got a value {bad}")
     m = kept.detach().amax(-1, keepdim=True)
@@ -110,7 +113,8 @@ def _normalize_core(z: torch.Tensor, excluded: torch.Tensor | None) -> torch.Ten
     return scaled / s.masked_fill(~nonempty, 1.0) * nonempty
 
 
-def normalize(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+def normalize(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
     r"""Standard normalization: :math:`p_i = z_i / \sum_j z_j` for :math:`z \ge 0`.
 
     Scale-invariant, unlike softmax: ``[1, 2]`` and ``[10, 20]`` give the same ``[1/3, 2/3]``.
@@ -121,25 +125,22 @@ def normalize(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = Non
         >>> normalize(torch.tensor([1.0, 2.0]))
         tensor([0.3333, 0.6667])
     """
-    return apply_along(x, dim, mask, _normalize_core)
+    return along(x, dim, mask, _normalize_core, dtype)
 
 
-def ova_sigmoid(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+def ova_sigmoid(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
     r"""One-vs-all sigmoid, element-wise: :math:`p_i = \sigma(z_i) = 1/(1+e^{-z_i})`.
 
     Each class is an independent yes/no; the outputs do not sum to one. ``dim`` is accepted
-    (and validated) for a uniform signature; masked entries give 0.
+    (and validated) for a uniform signature; masked entries give 0 (and zero gradient).
 
     Example:
         >>> ova_sigmoid(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.1192, 0.5000, 0.6225])
     """
 
-    def core(z, excluded):
-        p = torch.sigmoid(z)
-        return p if excluded is None else p.masked_fill(excluded, 0.0)
-
-    return apply_along(x, dim, mask, core)
+    return along(x, dim, mask, lambda z: torch.sigmoid(compute(z)), dtype)
 
 
 register(

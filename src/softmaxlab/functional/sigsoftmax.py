@@ -6,21 +6,25 @@ import torch
 import torch.nn.functional as F
 
 from .._registry import Mapping, register
-from ._common import apply_along, log_score_mapping, with_kernel
+from ._common import along, log_score_mapping, score_mapping
 
 
 def _log_sigsoftmax_score(z: torch.Tensor, _excluded: torch.Tensor) -> torch.Tensor:
     return z + F.logsigmoid(z)
 
 
-def _sigsoftmax(x, dim, mask, log):
-    def reference(z, excluded):
-        return log_score_mapping(z, excluded, _log_sigsoftmax_score, log)
+def _sigsoftmax(x, dim, mask, dtype, log):
+    def reference(z):
+        return log_score_mapping(z, _log_sigsoftmax_score, log)
 
-    return apply_along(x, dim, mask, with_kernel("sigsoftmax", reference, None, log))
+    return along(x, dim, mask, lambda z: score_mapping("sigsoftmax", z, (), log, reference),
+                 dtype)
 
 
-def sigsoftmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+def sigsoftmax(
+    x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     r"""Sigsoftmax (Kanai et al. 2018).
 
     .. math:: p_i = e^{z_i}\sigma(z_i) / \sum_j e^{z_j}\sigma(z_j)
@@ -32,14 +36,15 @@ def sigsoftmax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = No
         >>> sigsoftmax(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0105, 0.3242, 0.6654])
     """
-    return _sigsoftmax(x, dim, mask, log=False)
+    return _sigsoftmax(x, dim, mask, dtype, log=False)
 
 
 def log_sigsoftmax(
-    x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
+    x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Log of :func:`sigsoftmax`: :math:`z_i + \log\sigma(z_i) - \mathrm{lse}_j(z_j + \log\sigma(z_j))`."""
-    return _sigsoftmax(x, dim, mask, log=True)
+    return _sigsoftmax(x, dim, mask, dtype, log=True)
 
 
 register(

@@ -4,41 +4,30 @@ from __future__ import annotations
 
 import torch
 
-from .. import kernels
+from .._constants import NEG_INF
 from .._registry import Mapping, positive_real, register
-from ._common import (
-    LOW_PRECISION,
-    NEG_INF,
-    apply_along,
-    check_broadcast,
-    check_input,
-    exp_normalize,
-)
+from .._validation import check_broadcast, check_dtype, check_input
+from ._common import along, compute, exp_normalize
 
 TEMPERATURE = positive_real(
     "temperature", 1.0, valid=(0.5, 3.0), bad=(0.0, -1.0, float("inf"), float("nan"), "1")
 )
 
 
-def _softmax(x, dim, temperature, mask, log):
-    check_input(x)
-    triton = kernels.triton_kernel("log_softmax" if log else "softmax", x)
-    if triton is not None:
-        return triton(x, dim, temperature=temperature, mask=mask)
+def _softmax(x, dim, temperature, mask, dtype, log):
     TEMPERATURE.validate(temperature)
-    z = x.float() if x.dtype in LOW_PRECISION else x
     if isinstance(temperature, torch.Tensor):
+        check_input(x)
         check_broadcast(temperature, x.shape, "temperature")
-        # -inf / T has an infinite derivative in T: divide only kept entries (no NaN grads)
+        out_dtype = x.dtype if dtype is None else check_dtype(dtype)
+        z = compute(x.to(out_dtype))
+        # -inf / T has an infinite derivative in T: divide only the kept entries
         excluded = torch.isneginf(z)
         z = (z.masked_fill(excluded, 0.0) / temperature.to(z.device)).masked_fill(excluded, NEG_INF)
-    elif temperature != 1.0:
-        z = z / temperature
-
-    def core(l, excluded):
-        return exp_normalize(l if excluded is None else l.masked_fill(excluded, NEG_INF), log)
-
-    return apply_along(z, dim, mask, core).to(x.dtype)
+        return along(z, dim, mask, lambda r: exp_normalize(r, log)).to(out_dtype)
+    if temperature != 1.0:
+        return along(x, dim, mask, lambda r: exp_normalize(compute(r) / temperature, log), dtype)
+    return along(x, dim, mask, lambda r: exp_normalize(r, log), dtype)
 
 
 def softmax(
@@ -47,6 +36,7 @@ def softmax(
     *,
     temperature: float | torch.Tensor = 1.0,
     mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Softmax with temperature: :math:`p_i = e^{z_i/T} / \sum_j e^{z_j/T}`.
 
@@ -56,7 +46,9 @@ def softmax(
         temperature: ``T > 0`` (float, or a tensor broadcastable to ``x`` for a learned
             or per-row temperature). Large ``T`` blurs, small ``T`` sharpens.
         mask: bool, broadcastable to ``x``, ``True`` = keep. Masked entries and ``-inf``
-            logits get probability 0; a row with nothing kept is all zeros.
+            logits get probability 0 and zero gradient (as if sliced out); a row with
+            nothing kept is all zeros.
+        dtype: cast ``x`` to this dtype first (as :func:`torch.softmax`); the result has it.
 
     Returns:
         Probabilities, same shape and dtype as ``x``.
@@ -65,7 +57,7 @@ def softmax(
         >>> softmax(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0486, 0.3592, 0.5922])
     """
-    return _softmax(x, dim, temperature, mask, log=False)
+    return _softmax(x, dim, temperature, mask, dtype, log=False)
 
 
 def log_softmax(
@@ -74,6 +66,7 @@ def log_softmax(
     *,
     temperature: float | torch.Tensor = 1.0,
     mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Log-softmax: :math:`z_i/T - \log\sum_j e^{z_j/T}`; excluded entries give ``-inf``.
 
@@ -84,7 +77,7 @@ def log_softmax(
         >>> log_softmax(torch.tensor([0.0, 0.0]))
         tensor([-0.6931, -0.6931])
     """
-    return _softmax(x, dim, temperature, mask, log=True)
+    return _softmax(x, dim, temperature, mask, dtype, log=True)
 
 
 register(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from .._registry import Mapping, Param, register
-from ._common import NEG_INF, apply_along, check_dim, check_input, exp_normalize
+from .._validation import check_dim, check_input
+from ._common import along, compute, exp_normalize
 
 K = Param("k", 1, (int,), lambda k: k >= 1, "an integer >= 1 (and <= the size of dim)",
           valid=(2, 3), bad=(0, -1, 2.0))
@@ -20,7 +21,8 @@ def _check_k(x: torch.Tensor, dim: int, k: object) -> None:
 
 
 def sparse_softmax(
-    x: torch.Tensor, dim: int = -1, *, k: int = 1, mask: torch.Tensor | None = None
+    x: torch.Tensor, dim: int = -1, *, k: int = 1, mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Sparse-softmax (Sun et al. 2021): softmax restricted to the k largest logits.
 
@@ -37,13 +39,13 @@ def sparse_softmax(
     """
     _check_k(x, dim, k)
 
-    def core(z, excluded):
-        z = z if excluded is None else z.masked_fill(excluded, NEG_INF)
+    def core(z):
+        z = compute(z)
         top, idx = z.topk(k, dim=-1)  # NaN counts as the largest value: it is always in top
         out = torch.zeros_like(z).scatter(-1, idx, exp_normalize(top, False))
         return out.masked_fill(top.isnan().any(-1, keepdim=True), float("nan"))
 
-    return apply_along(x, dim, mask, core)
+    return along(x, dim, mask, core, dtype)
 
 
 register(

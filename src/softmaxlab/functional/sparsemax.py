@@ -9,24 +9,17 @@ from dataclasses import dataclass
 import torch
 
 from .. import kernels
+from .._constants import NEG_INF
 from .._registry import Mapping, Param, register
-from ._common import (
-    NEG_INF,
-    apply_along,
-    check_broadcast,
-    check_dim,
-    check_input,
-    excluded_entries,
-    exp_normalize,
-    with_kernel,
-)
+from .._validation import check_broadcast, check_dim, check_input, checks_values
+from ..kernels import ops
+from ._common import along, compute, exp_normalize
 from .softmax import softmax
 
 
-def _shifted_sorted(z: torch.Tensor, excluded: torch.Tensor | None, scale: float = 1.0):
-    """(z - max) * scale with excluded entries at -inf, its descending sort, and which
-    sorted entries are finite (kept and not NaN)."""
-    z = z.masked_fill(excluded_entries(z, excluded), NEG_INF)
+def _shifted_sorted(z: torch.Tensor, scale: float = 1.0):
+    """(z - max) * scale (excluded entries stay -inf), its descending sort, and which sorted
+    entries are finite (kept and not NaN)."""
     m = z.amax(-1, keepdim=True)
     zs = (z - m.masked_fill(m == NEG_INF, 0.0)) * scale
     srt = zs.sort(-1, descending=True).values
@@ -44,32 +37,52 @@ def _threshold_at(values: torch.Tensor, support: torch.Tensor) -> tuple[torch.Te
     return values.gather(-1, (k - 1).clamp(min=0)), k
 
 
-class _Sparsemax(torch.autograd.Function):
+def _sparsemax_vjp(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Jacobian (symmetric) times ``g``: ``diag(s) - s s^T / |S|``, s = support indicator."""
+    s = (p > 0).to(g.dtype)
+    mean = (g * s).sum(-1, keepdim=True) / s.sum(-1, keepdim=True).clamp(min=1)
+    return s * (g - mean)
+
+
+class SparsemaxFunction(torch.autograd.Function):
+    """Sparsemax of rows along the last dim (excluded entries ``-inf``), sort-based."""
+
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, z: torch.Tensor, excluded: torch.Tensor | None) -> torch.Tensor:
-        zs, srt, finite = _shifted_sorted(z, excluded)
+    def forward(z: torch.Tensor) -> torch.Tensor:
+        zs, srt, finite = _shifted_sorted(z)
         cs = srt.cumsum(-1)
         support = (1 + _ranks(z) * srt > cs) & finite
         cs_k, k = _threshold_at(cs, support)
         tau = ((cs_k - 1) / k.clamp(min=1)).masked_fill(k == 0, 0.0)
-        p = (zs - tau).clamp(min=0)
-        ctx.save_for_backward(p)
-        return p
+        return (zs - tau).clamp(min=0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        # Jacobian diag(s) - s s^T / |S|, s = support indicator.
         (p,) = ctx.saved_tensors
-        s = (p > 0).to(g.dtype)
-        mean = (g * s).sum(-1, keepdim=True) / s.sum(-1, keepdim=True).clamp(min=1)
-        return s * (g - mean), None
+        return _sparsemax_vjp(g, p)
 
-
-class _Entmax15(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z: torch.Tensor, excluded: torch.Tensor | None) -> torch.Tensor:
+    def jvp(ctx, dz: torch.Tensor):
+        (p,) = ctx.saved_tensors
+        return _sparsemax_vjp(dz, p)
+
+
+class Entmax15Function(torch.autograd.Function):
+    """1.5-entmax of rows along the last dim (excluded entries ``-inf``), sort-based."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(z: torch.Tensor) -> torch.Tensor:
         # p = [z/2 - tau]_+^2 (Peters et al. 2019, Alg. 2 on z/2).
-        zs, srt, finite = _shifted_sorted(z, excluded, scale=0.5)
+        zs, srt, finite = _shifted_sorted(z, scale=0.5)
         r = _ranks(z)
         mean = srt.cumsum(-1) / r
         mean_sq = srt.square().cumsum(-1) / r
@@ -77,19 +90,28 @@ class _Entmax15(torch.autograd.Function):
         tau = mean - delta.clamp(min=0).sqrt()
         support = (tau <= srt) & finite
         tau_k, k = _threshold_at(tau, support)
-        p = (zs - tau_k.masked_fill(k == 0, 0.0)).clamp(min=0).square()
-        ctx.save_for_backward(p)
-        return p
+        return (zs - tau_k.masked_fill(k == 0, 0.0)).clamp(min=0).square()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (p,) = ctx.saved_tensors
-        return _entmax_input_grad(g, p.sqrt()), None
+        return _entmax_input_grad(g, p.sqrt())
+
+    @staticmethod
+    def jvp(ctx, dz: torch.Tensor):
+        (p,) = ctx.saved_tensors
+        return _entmax_input_grad(dz, p.sqrt())
 
 
 def _entmax_input_grad(g: torch.Tensor, gppr: torch.Tensor) -> torch.Tensor:
-    """Vector-Jacobian product of alpha-entmax: gppr * g - gppr * <gppr, g> / sum gppr,
-    where gppr = p^(2 - alpha) on the support."""
+    """Vector-Jacobian product of alpha-entmax (the Jacobian is symmetric, so also its
+    Jacobian-vector product): gppr * g - gppr * <gppr, g> / sum gppr, where gppr =
+    p^(2 - alpha) on the support."""
     dz = g * gppr
     total = gppr.sum(-1, keepdim=True)
     q = dz.sum(-1, keepdim=True) / total.masked_fill(total == 0, 1.0)
@@ -100,28 +122,48 @@ def _xlogx(p: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p * p.clamp(min=torch.finfo(p.dtype).tiny).log(), 0.0)
 
 
+def _alpha_parts(p: torch.Tensor, alpha: torch.Tensor):
+    """``gppr = p^(2 - alpha)`` on the support and ``dp/dalpha`` (per entry)."""
+    is_one = alpha == 1
+    am1 = alpha.masked_fill(is_one, 2.0) - 1
+    gppr = torch.where(p > 0, p.pow(2 - alpha), 0.0)
+    # dp/dalpha = (p - y)/(a-1)^2 - (p log p - y H)/(a-1), y = gppr / sum gppr,
+    # H = sum p log p; at alpha = 1 the limit: p (E_p[log^2 p] - log^2 p) / 2.
+    total = gppr.sum(-1, keepdim=True)
+    y = gppr / total.masked_fill(total == 0, 1.0)
+    plogp = _xlogx(p)
+    ent = plogp.sum(-1, keepdim=True)
+    dp = (p - y) / am1.square() - (plogp - y * ent) / am1
+    logp_sq = torch.where(p > 0, p.clamp(min=torch.finfo(p.dtype).tiny).log().square(), 0.0)
+    dp_one = p * ((p * logp_sq).sum(-1, keepdim=True) - logp_sq) / 2
+    return gppr, torch.where(is_one, dp_one, dp)
+
+
 @dataclass(frozen=True)
-class _BisectOptions:
+class BisectOptions:
     n_iter: int
 
 
-class _EntmaxBisect(torch.autograd.Function):
+class EntmaxBisectFunction(torch.autograd.Function):
     """alpha-entmax by bisection on tau; rows with alpha == 1 are softmax, alpha == 2 exact
-    sparsemax. Gradients for both the logits and alpha."""
+    sparsemax. Gradients (and forward-mode derivatives) for both the logits and alpha."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, z, alpha, excluded, opts: _BisectOptions):
+    def forward(z, alpha, opts: BisectOptions):
         alpha = alpha.to(z.dtype)
-        excl = excluded_entries(z, excluded)
+        excl = torch.isneginf(z)
         is_one = alpha == 1
         am1 = alpha.masked_fill(is_one, 2.0) - 1
-        x = z.masked_fill(excl, NEG_INF) * am1
+        x = z * am1
         m = x.amax(-1, keepdim=True)
         x = x - m.masked_fill(m == NEG_INF, 0.0)
         kept = (~excl).sum(-1, keepdim=True).clamp(min=1).to(z.dtype)
         lo = torch.full_like(m, -1.0)
         width = 1 - kept.pow(-am1)  # hi - lo, hi = -(1/d)^(alpha-1): there sum p <= 1
         expo = am1.reciprocal()
+        mid = lo
         for _ in range(opts.n_iter):
             width = width / 2
             mid = lo + width
@@ -130,37 +172,41 @@ class _EntmaxBisect(torch.autograd.Function):
         p = (x - mid).clamp(min=0).pow(expo)
         total = p.sum(-1, keepdim=True)
         p = p / total.masked_fill(total == 0, 1.0)
-        if bool(is_one.any()):
-            p = torch.where(is_one, exp_normalize(z.masked_fill(excl, NEG_INF), False), p)
-        is_two = alpha == 2
-        if bool(is_two.any()):
-            p = torch.where(is_two, _Sparsemax.apply(z, excl), p)
-        ctx.save_for_backward(p, alpha)
-        return p
+        p = torch.where(is_one, exp_normalize(z, False), p)
+        return torch.where(alpha == 2, SparsemaxFunction.apply(z), p)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        alpha = inputs[1].to(output.dtype)
+        ctx.save_for_backward(output, alpha)
+        ctx.save_for_forward(output, alpha)
 
     @staticmethod
     def backward(ctx, g):
         p, alpha = ctx.saved_tensors
-        is_one = alpha == 1
-        am1 = alpha.masked_fill(is_one, 2.0) - 1
-        gppr = torch.where(p > 0, p.pow(2 - alpha), 0.0)
-        dz = _entmax_input_grad(g, gppr)
-        dalpha = None
-        if ctx.needs_input_grad[1]:
-            # dp/dalpha = (p - y)/(a-1)^2 - (p log p - y H)/(a-1), y = gppr / sum gppr,
-            # H = sum p log p; at alpha = 1 the limit: p (E_p[log^2 p] - log^2 p) / 2.
-            total = gppr.sum(-1, keepdim=True)
-            y = gppr / total.masked_fill(total == 0, 1.0)
-            plogp = _xlogx(p)
-            ent = plogp.sum(-1, keepdim=True)
-            dp = (p - y) / am1.square() - (plogp - y * ent) / am1
-            logp_sq = torch.where(p > 0, p.clamp(min=torch.finfo(p.dtype).tiny).log().square(), 0.0)
-            dp_one = p * ((p * logp_sq).sum(-1, keepdim=True) - logp_sq) / 2
-            dalpha = (g * torch.where(is_one, dp_one, dp)).sum(-1, keepdim=True)
-        return dz, dalpha, None, None
+        gppr, dp_dalpha = _alpha_parts(p, alpha)
+        dalpha = (g * dp_dalpha).sum(-1, keepdim=True) if ctx.needs_input_grad[1] else None
+        return _entmax_input_grad(g, gppr), dalpha, None
+
+    @staticmethod
+    def jvp(ctx, dz, dalpha, _opts):
+        p, alpha = ctx.saved_tensors
+        gppr, dp_dalpha = _alpha_parts(p, alpha)
+        out = _entmax_input_grad(dz, gppr)
+        return out if dalpha is None else out + dp_dalpha * dalpha.to(out.dtype)
 
 
-def sparsemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+def _sparse(op: str, z: torch.Tensor, alpha: float, reference) -> torch.Tensor:
+    """Rows of sparsemax (``alpha=2``) or 1.5-entmax: the kernel, or the sort-based
+    ``reference``."""
+    spec = kernels.select(op, z)
+    if spec is None:
+        return reference.apply(compute(z))
+    return ops.sparse_map(z if spec.low_precision else compute(z), alpha, spec.name)
+
+
+def sparsemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
     r"""Sparsemax (Martins & Astudillo 2016): the Euclidean projection onto the simplex.
 
     .. math:: \mathrm{sparsemax}(z) = \arg\min_{p \in \Delta} \|p - z\|^2 = [z - \tau]_+
@@ -173,14 +219,11 @@ def sparsemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = Non
         >>> sparsemax(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0000, 0.2500, 0.7500])
     """
-    check_input(x)
-    triton = kernels.triton_kernel("sparsemax", x)
-    if triton is not None:
-        return triton(x, dim, mask=mask)
-    return apply_along(x, dim, mask, with_kernel("sparsemax", _Sparsemax.apply))
+    return along(x, dim, mask, lambda z: _sparse("sparsemax", z, 2.0, SparsemaxFunction), dtype)
 
 
-def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
     r"""1.5-entmax (Peters et al. 2019), exact and sort-based.
 
     .. math:: \arg\max_{p\in\Delta} p^\top z + H^T_{1.5}(p) = [z/2 - \tau]_+^2
@@ -192,7 +235,7 @@ def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
         >>> entmax15(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0000, 0.3260, 0.6740])
     """
-    return apply_along(x, dim, mask, with_kernel("entmax15", _Entmax15.apply))
+    return along(x, dim, mask, lambda z: _sparse("entmax15", z, 1.5, Entmax15Function), dtype)
 
 
 def _check_alpha(alpha: object) -> None:
@@ -200,7 +243,7 @@ def _check_alpha(alpha: object) -> None:
         if not alpha.is_floating_point():
             raise TypeError(f"alpha must be a float or a floating tensor, got {alpha.dtype}")
         a = alpha.detach()
-        if not bool(((a >= 1) & torch.isfinite(a)).all()):
+        if checks_values() and not bool(((a >= 1) & torch.isfinite(a)).all()):
             raise ValueError(f"alpha must be >= 1 and finite, got {alpha}")
         return
     ALPHA.validate(alpha)
@@ -213,6 +256,7 @@ def entmax(
     alpha: float | torch.Tensor = 1.5,
     n_iter: int = 50,
     mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""alpha-entmax (Peters et al. 2019): softmax at 1, sparsemax at 2, sparse in between.
 
@@ -233,17 +277,17 @@ def entmax(
     N_ITER.validate(n_iter)
     if not isinstance(alpha, torch.Tensor):
         if alpha == 1:
-            return softmax(x, dim, mask=mask)
+            return softmax(x, dim, mask=mask, dtype=dtype)
         if alpha == 2:
-            return sparsemax(x, dim, mask=mask)
+            return sparsemax(x, dim, mask=mask, dtype=dtype)
         alpha = torch.tensor(float(alpha), dtype=torch.float64)
     d = check_dim(x, dim)
     rows = list(x.shape) or [1]
     rows[d] = 1
     check_broadcast(alpha, torch.Size(rows), "alpha")
     a = alpha.to(x.device).broadcast_to(rows).movedim(d, -1)
-    opts = _BisectOptions(n_iter)
-    return apply_along(x, dim, mask, lambda z, e: _EntmaxBisect.apply(z, a, e, opts))
+    opts = BisectOptions(n_iter)
+    return along(x, dim, mask, lambda z: EntmaxBisectFunction.apply(compute(z), a, opts), dtype)
 
 
 ALPHA = Param(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._registry import Mapping, positive_real, register
-from ._common import apply_along, log_score_mapping, safe_where, with_kernel
+from ._common import along, log_score_mapping, safe_where, score_mapping
 
 EPS = positive_real("eps", 0.01, tensor=False, valid=(1e-4, 1.0), bad=(0.0, -0.01, "0.01"))
 
@@ -20,18 +20,20 @@ def log_spherical_score(z: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.where(small, (zs.square() + eps).log(), big)
 
 
-def _spherical(x, dim, eps, mask, log):
+def _spherical(x, dim, eps, mask, dtype, log):
     EPS.validate(eps)
 
-    def reference(z, excluded):
-        return log_score_mapping(z, excluded, lambda s, _: log_spherical_score(s, eps), log)
+    def reference(z):
+        return log_score_mapping(z, lambda s, _: log_spherical_score(s, eps), log)
 
     coef = (float(eps), 0.0, 1.0)  # z^2 + eps
-    return apply_along(x, dim, mask, with_kernel("spherical_softmax", reference, coef, log))
+    return along(x, dim, mask,
+                 lambda z: score_mapping("spherical_softmax", z, coef, log, reference), dtype)
 
 
 def spherical_softmax(
-    x: torch.Tensor, dim: int = -1, *, eps: float = 0.01, mask: torch.Tensor | None = None
+    x: torch.Tensor, dim: int = -1, *, eps: float = 0.01, mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Spherical softmax (Vincent et al. 2015; de Brébisson & Vincent 2016).
 
@@ -44,14 +46,15 @@ def spherical_softmax(
         >>> spherical_softmax(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.9369, 0.0023, 0.0607])
     """
-    return _spherical(x, dim, eps, mask, log=False)
+    return _spherical(x, dim, eps, mask, dtype, log=False)
 
 
 def log_spherical_softmax(
-    x: torch.Tensor, dim: int = -1, *, eps: float = 0.01, mask: torch.Tensor | None = None
+    x: torch.Tensor, dim: int = -1, *, eps: float = 0.01, mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Log of :func:`spherical_softmax`: :math:`\log(z_i^2+\epsilon) - \log\sum_j(z_j^2+\epsilon)`."""
-    return _spherical(x, dim, eps, mask, log=True)
+    return _spherical(x, dim, eps, mask, dtype, log=True)
 
 
 register(

@@ -7,7 +7,7 @@ import math
 import torch
 
 from .._registry import Mapping, Param, register
-from ._common import apply_along, log_score_mapping, safe_where, with_kernel
+from ._common import along, log_score_mapping, safe_where, score_mapping
 
 ORDER = Param(
     "order",
@@ -41,18 +41,20 @@ def log_taylor(z: torch.Tensor, order: int) -> torch.Tensor:
     return torch.where(small, poly.log(), big)
 
 
-def _taylor(x, dim, order, mask, log):
+def _taylor(x, dim, order, mask, dtype, log):
     ORDER.validate(order)
     coef = tuple(1 / math.factorial(k) for k in range(order + 1))
 
-    def reference(z, excluded):
-        return log_score_mapping(z, excluded, lambda s, _: log_taylor(s, order), log)
+    def reference(z):
+        return log_score_mapping(z, lambda s, _: log_taylor(s, order), log)
 
-    return apply_along(x, dim, mask, with_kernel("taylor_softmax", reference, coef, log))
+    return along(x, dim, mask, lambda z: score_mapping("taylor_softmax", z, coef, log, reference),
+                 dtype)
 
 
 def taylor_softmax(
-    x: torch.Tensor, dim: int = -1, *, order: int = 2, mask: torch.Tensor | None = None
+    x: torch.Tensor, dim: int = -1, *, order: int = 2, mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Taylor softmax (de Brébisson & Vincent 2016; Banerjee et al. 2020).
 
@@ -66,14 +68,15 @@ def taylor_softmax(
         >>> taylor_softmax(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.2759, 0.2759, 0.4483])
     """
-    return _taylor(x, dim, order, mask, log=False)
+    return _taylor(x, dim, order, mask, dtype, log=False)
 
 
 def log_taylor_softmax(
-    x: torch.Tensor, dim: int = -1, *, order: int = 2, mask: torch.Tensor | None = None
+    x: torch.Tensor, dim: int = -1, *, order: int = 2, mask: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Log of :func:`taylor_softmax`: :math:`\log f_n(z_i) - \log\sum_j f_n(z_j)`."""
-    return _taylor(x, dim, order, mask, log=True)
+    return _taylor(x, dim, order, mask, dtype, log=True)
 
 
 register(

@@ -51,7 +51,7 @@ def _chunk(h, w, b, t, keep, cw, opts: _Options, buf, fast, scale=None):
     kernel, which writes it over the logits in ``buf``; else autograd through the mapping)."""
     logits = _logits(h, w, b, buf)
     if fast is not None:
-        loss = fast.fn(logits, t, keep, cw, opts.label_smoothing, scale)
+        loss = fast(logits, t, keep, cw, opts.label_smoothing, scale)
         return loss, None if scale is None else logits
     with torch.set_grad_enabled(scale is not None):
         logits = logits.detach().requires_grad_(scale is not None)
@@ -78,6 +78,13 @@ def _add_grads(g, h, w, rows, gh, gw, gb):
         gw += g.T @ h
 
 
+def _chunk_kernel(h, opts: _Options):
+    """The CPU kernel's ``softmax_chunk`` where it applies, else ``None``."""
+    spec = kernels.select("linear_cross_entropy", h, mapping=opts.mapping, params=opts.params)
+    return None if spec is None or spec.backend != "cpu" else kernels.registry.load(
+        spec.name).softmax_chunk
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Chunked over rows, never holding more than ``chunk_size`` rows of logits (one buffer,
     reused by every chunk).
@@ -92,8 +99,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n, cs = h.shape[0], opts.chunk_size
         eager = any(ctx.needs_input_grad[:3]) and opts.reduction != "none"
         acc = torch.float32 if h.dtype in LOW_PRECISION else h.dtype
-        fast = kernels.cpu_kernel("linear_cross_entropy", h, mapping=opts.mapping,
-                                  params=opts.params)
+        fast = _chunk_kernel(h, opts)
         buf = torch.empty(min(cs, n), w.shape[0], dtype=acc, device=h.device)
         loss = torch.zeros(n, dtype=acc, device=h.device)
         if eager:
@@ -122,8 +128,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h, w, b, t, keep, cw = ctx.saved_tensors
         opts, n, cs = ctx.opts, h.shape[0], ctx.opts.chunk_size
         acc = torch.float32 if h.dtype in LOW_PRECISION else h.dtype
-        fast = kernels.cpu_kernel("linear_cross_entropy", h, mapping=opts.mapping,
-                                  params=opts.params)
+        fast = _chunk_kernel(h, opts)
         buf = torch.empty(min(cs, n), w.shape[0], dtype=acc, device=h.device)
         gh = torch.empty_like(h)
         gw = torch.zeros(w.shape, dtype=acc, device=w.device)
@@ -174,10 +179,11 @@ def linear_cross_entropy(
     """
     check_input(hidden, "hidden")
     check_input(weight, "weight")
-    triton = kernels.triton_kernel("linear_cross_entropy", hidden)
-    if triton is not None:
+    spec = kernels.select("linear_cross_entropy", hidden, mapping=mapping,
+                          params=tuple(mapping_params))
+    if spec is not None and spec.backend == "triton":
         try:
-            return triton(hidden, weight, target, bias=bias, mapping=mapping,
+            return kernels.registry.load(spec.name).linear_cross_entropy(hidden, weight, target, bias=bias, mapping=mapping,
                           chunk_size=chunk_size, class_weight=class_weight,
                           ignore_index=ignore_index, reduction=reduction,
                           label_smoothing=label_smoothing, **mapping_params)

@@ -83,10 +83,12 @@ def launch(kernel, arrays: tuple, *args, scratch: tuple = ()):
     :func:`_trampoline`). Python threads of our own were up to 3x slower just after a torch
     op, whose OpenMP threads keep spinning on the cores for milliseconds. Where that runtime
     or a trampoline is not available, Python threads do the same work."""
-    threads = min(torch.get_num_threads(), max(1, arrays[0].size // MIN_ENTRIES_PER_THREAD))
+    size = arrays[0].size
     claims = np.array([0, max(1, ENTRIES_PER_CLAIM // max(arrays[0].shape[-1], 1))], np.int64)
-    if threads == 1:
-        return _pool_launch(kernel, arrays, args, scratch, claims, 1)  # the caller alone
+    threads = 1 if size < 2 * MIN_ENTRIES_PER_THREAD else min(
+        torch.get_num_threads(), size // MIN_ENTRIES_PER_THREAD)
+    if threads == 1:  # the caller alone
+        return kernel(*arrays, *args, *[np.empty(max(n, 1), dt) for n, dt in scratch], claims)
     values = (*arrays, *args, *[np.dtype(dtype) for _, dtype in scratch], claims)
     omp = _omp_parallel()
     trampoline = omp and _trampoline(kernel, values)

@@ -1,31 +1,36 @@
 r"""Safe softmax and log-softmax of float32 rows in one kernel (numba): per row the max
 :math:`m`, :math:`e_j = e^{z_j - m}` and :math:`s = \sum_j e_j`, then :math:`e_j / s` or
 :math:`(z_j - m) - \log s`, with the row in L1/L2 between passes. A row with nothing kept
-(all ``-inf``) gives zeros (log: ``-inf``) and is flagged for the backward; a NaN stays in
-its row. The backward is torch's (``_softmax_backward_data``), from the saved output.
+(all ``-inf``) gives zeros (log: ``-inf``); a NaN stays in its row. The backward is torch's
+(:func:`.softmax.expnorm_backward`), from the saved output.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import torch
 
 from ._jit import (
     F32,
     NEG_INF,
     claim,
+    empty_rows,
     exp_neg32,
     launch,
     log32,
     row_kernel,
     row_max,
     row_sum,
+    rows,
     special_row,
     wide_vectors,
 )
+from .softmax import expnorm_backward
+
+__all__ = ["expnorm_backward", "expnorm_forward"]
 
 
 @row_kernel
-def _forward(x, out, empty, log, claims):
+def _forward(x, out, log, claims):
     wide_vectors()
     rows_, n = x.shape
     while True:
@@ -36,7 +41,6 @@ def _forward(x, out, empty, log, claims):
             r = x[i]
             o = out[i]
             m = row_max(r)
-            empty[i] = m == NEG_INF
             if special_row(o, m, log):
                 continue
             for j in range(n):
@@ -52,18 +56,16 @@ def _forward(x, out, empty, log, claims):
                     o[j] *= inv
 
 
-def forward(x: np.ndarray, out: np.ndarray, log: bool) -> np.ndarray:
-    """(log-)softmax of the C-contiguous float32 rows ``x`` ``(R, n)`` into ``out``; returns
-    the flags ``(R,)`` of the rows with nothing kept.
+def expnorm_forward(l: torch.Tensor, log: bool) -> torch.Tensor:
+    """(Log-)softmax of the C-contiguous float32 rows ``l`` (rows with nothing kept: zeros,
+    log ``-inf``).
 
-    >>> import numpy as np
-    >>> out = np.empty((2, 3), np.float32)
-    >>> forward(np.array([[0, 0, np.log(2)], [-np.inf] * 3], np.float32), out, False)
-    array([False,  True])
-    >>> out
-    array([[0.25, 0.25, 0.5 ],
-           [0.  , 0.  , 0.  ]], dtype=float32)
+    >>> expnorm_forward(torch.tensor([[0.0, 0.0], [float("-inf")] * 2]), False)
+    tensor([[0.5000, 0.5000],
+            [0.0000, 0.0000]])
     """
-    empty = np.empty(x.shape[0], np.bool_)
-    launch(_forward, (x, out, empty), log)
-    return empty
+    out, out_rows = empty_rows(l)
+    x = rows(l)
+    launch(_forward, (x, out_rows), log)
+    return out
+

@@ -21,13 +21,9 @@ times the softmax Jacobian of the log-scores.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
-from . import with_excluded
 from ._jit import (
     F32,
     NEG_INF,
@@ -368,57 +364,37 @@ def _sig_backward(x, g, grad, stats, log, t_row, claims):
                     d[j] = d[j] * inv * (gr[j] - dot) * (F32(2.0) - beta * t_row[j])
 
 
-# ---------------------------------------------------------------- autograd
-@dataclass(frozen=True)
-class ScoreOptions:
-    """A score mapping: ``coef`` of a positive polynomial (``None``: sigsoftmax), log form."""
-
-    coef: tuple[float, ...] | None
-    log: bool
-
-    @property
-    def safe(self) -> float:
-        """Largest |z| at which the polynomial is at most ``SAFE_SCORE``."""
-        return max(1.0, (SAFE_SCORE / sum(self.coef)) ** (1.0 / (len(self.coef) - 1)))
+# ---------------------------------------------------------------- row functions
+def _safe(coef: tuple[float, ...]) -> float:
+    """Largest |z| at which the polynomial ``coef`` is at most ``SAFE_SCORE``."""
+    return max(1.0, (SAFE_SCORE / sum(coef)) ** (1.0 / (len(coef) - 1)))
 
 
-class ScoreMap(torch.autograd.Function):
-    """``f(z) / sum f(z)`` (or its log) of float32 ``z`` along the last dim, excluded
-    entries ``-inf``; saves ``z`` and two float64 numbers per row."""
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, opts: ScoreOptions) -> torch.Tensor:
-        x = rows(z)
-        out, out_rows = empty_rows(z)
-        stats = np.empty((x.shape[0], 2))
-        if opts.coef is None:
-            launch(_sig_forward, (x, out_rows, stats), opts.log)
-        else:
-            coef = np.asarray(opts.coef)
-            launch(_poly_forward, (x, out_rows, stats), coef, opts.safe, opts.log)
-        ctx.opts, ctx.stats = opts, stats
-        ctx.save_for_backward(z)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        (z,) = ctx.saved_tensors
-        opts = ctx.opts
-        x = rows(z)
-        grad, grad_rows = empty_rows(z)
-        if opts.coef is None:
-            launch(_sig_backward, (x, rows(g), grad_rows, ctx.stats), opts.log,
-                   scratch=((x.shape[1], np.float32),))
-        else:
-            launch(_poly_backward, (x, rows(g), grad_rows, ctx.stats), np.asarray(opts.coef),
-                   opts.safe, opts.log, scratch=((x.shape[1], np.float32),))
-        return grad, None
+def score_forward(z: torch.Tensor, coef: tuple[float, ...] | None, log: bool):
+    """``f(z) / sum f(z)`` (or its log) of float32 rows ``z`` (excluded entries ``-inf``;
+    ``coef``: the polynomial's coefficients, lowest degree first; ``None``: sigsoftmax), and
+    the two float64 numbers per row the backward needs."""
+    x = rows(z)
+    out, out_rows = empty_rows(z)
+    stats = torch.empty((*z.shape[:-1], 2), dtype=torch.float64)
+    stats_rows = stats.view(-1, 2).numpy()
+    if coef is None:
+        launch(_sig_forward, (x, out_rows, stats_rows), log)
+    else:
+        launch(_poly_forward, (x, out_rows, stats_rows), np.asarray(coef), _safe(coef), log)
+    return out, stats
 
 
-def score_mapping(z: torch.Tensor, excluded: torch.Tensor | None, coef: tuple[float, ...] | None,
-                  log: bool) -> torch.Tensor:
-    """The score mapping of float32 ``z`` along the last dim (``coef``: the polynomial's
-    coefficients, lowest degree first; ``None``: sigsoftmax)."""
-    return ScoreMap.apply(with_excluded(z, excluded), ScoreOptions(coef, log))
-
+def score_backward(g: torch.Tensor, z: torch.Tensor, stats: torch.Tensor,
+                   coef: tuple[float, ...] | None, log: bool) -> torch.Tensor:
+    """Input gradient of :func:`score_forward` from the output gradient ``g``."""
+    x = rows(z)
+    grad, grad_rows = empty_rows(z)
+    st = stats.view(-1, 2).numpy()
+    scratch = ((x.shape[1], np.float32),)
+    if coef is None:
+        launch(_sig_backward, (x, rows(g), grad_rows, st), log, scratch=scratch)
+    else:
+        launch(_poly_backward, (x, rows(g), grad_rows, st), np.asarray(coef), _safe(coef), log,
+               scratch=scratch)
+    return grad

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
-from . import with_excluded
 from ._jit import (
     F32,
     claim,
@@ -184,29 +182,17 @@ def _backward(p, g, grad, entmax, claims):
                 w[j] = w[j] * (gr[j] - q)
 
 
-class SparseMap(torch.autograd.Function):
-    """Sparsemax (``entmax=False``) or 1.5-entmax of float32 ``z`` along the last dim
-    (excluded entries already ``-inf``); saves only its output."""
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, entmax: bool) -> torch.Tensor:
-        p, p_rows = empty_rows(z)
-        x = rows(z)
-        launch(_forward, (x, p_rows), entmax, MAX_NEWTON, scratch=((x.shape[1], np.float32),))
-        ctx.entmax = entmax
-        ctx.save_for_backward(p)
-        return p
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor):
-        (p,) = ctx.saved_tensors
-        grad, grad_rows = empty_rows(p)
-        launch(_backward, (rows(p), rows(g), grad_rows), ctx.entmax)
-        return grad, None
+def sparse_forward(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Sparsemax (``alpha=2``) or 1.5-entmax (``alpha=1.5``) of float32 rows ``z``
+    (excluded entries ``-inf``)."""
+    p, p_rows = empty_rows(z)
+    x = rows(z)
+    launch(_forward, (x, p_rows), alpha == 1.5, MAX_NEWTON, scratch=((x.shape[1], np.float32),))
+    return p
 
 
-SPARSE_MAPS = {
-    "sparsemax": lambda z, excluded: SparseMap.apply(with_excluded(z, excluded), False),
-    "entmax15": lambda z, excluded: SparseMap.apply(with_excluded(z, excluded), True),
-}
+def sparse_backward(g: torch.Tensor, p: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Input gradient of :func:`sparse_forward` from its output ``p``."""
+    grad, grad_rows = empty_rows(p)
+    launch(_backward, (rows(p), rows(g), grad_rows), alpha == 1.5)
+    return grad

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
-
 from . import TOPK_BLOCK
 from ._jit import (
     F32,
@@ -31,6 +29,8 @@ from ._jit import (
     row_kernel,
     row_max,
     row_sum,
+    rows,
+    empty_rows,
     wide_vectors,
 )
 
@@ -142,36 +142,24 @@ def _backward(x, p, idx, g, grad, stats, claims):
                 d[idx[i, t]] += g[i, t] * p[i, t]
 
 
-class SoftmaxTopk(torch.autograd.Function):
-    """The k largest softmax probabilities of the float32 rows of ``x`` ``(R, n)`` and their
-    indices; saves ``x``, the outputs and two numbers per row."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, k: int):
-        x = x.detach().contiguous()
-        rows_, n = x.shape
-        p = torch.empty(rows_, k, dtype=x.dtype)
-        idx = torch.empty(rows_, k, dtype=torch.int64)
-        stats = np.empty((rows_, 2))
-        b = TOPK_BLOCK
-        launch(_forward, (x.numpy(), p.numpy(), idx.numpy(), stats), k, b,
-               scratch=((-(-n // b) + SPAN_BLOCKS * b, np.float32), (k, np.float32),
-                        (k, np.int64), (k, np.int64)))
-        ctx.stats = stats
-        ctx.mark_non_differentiable(idx)
-        ctx.save_for_backward(x, p, idx)
-        return p, idx
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g: torch.Tensor, _g_idx):
-        x, p, idx = ctx.saved_tensors
-        grad = torch.empty_like(x)
-        launch(_backward, (x.numpy(), p.numpy(), idx.numpy(), g.contiguous().numpy(), grad.numpy(),
-                           ctx.stats))
-        return grad, None
+def topk_forward(x: torch.Tensor, k: int):
+    """The k largest softmax probabilities of the float32 rows ``x`` ``(*, n)``, their
+    indices, and each row's ``(max, sum)`` (float64) for the backward."""
+    n = x.shape[-1]
+    lead = x.shape[:-1]
+    xr = rows(x)
+    p = torch.empty((*lead, k), dtype=x.dtype)
+    idx = torch.empty((*lead, k), dtype=torch.int64)
+    stats = torch.empty((*lead, 2), dtype=torch.float64)
+    b = TOPK_BLOCK
+    launch(_forward, (xr, rows(p), rows(idx), rows(stats)), k, b,
+           scratch=((-(-n // b) + SPAN_BLOCKS * b, np.float32), (k, np.float32),
+                    (k, np.int64), (k, np.int64)))
+    return p, idx, stats
 
 
-def softmax_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`softmaxlab.online.softmax_topk` of float32 rows ``x`` ``(R, n)``."""
-    return SoftmaxTopk.apply(x, k)
+def topk_backward(g, x, p, idx, stats) -> torch.Tensor:
+    """Input gradient of :func:`topk_forward` from the gradient ``g`` of the probabilities."""
+    grad, grad_rows = empty_rows(x)
+    launch(_backward, (rows(x), rows(p), rows(idx), rows(g), grad_rows, rows(stats)))
+    return grad

@@ -124,20 +124,6 @@ def multi_block(m: int, n: int, device: torch.device, split: bool = True) -> Mul
     return MultiBlock(span, n_chunks, tile, next_pow2(n_chunks), warps(tile, 8))
 
 
-def as_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple]:
-    """``x`` with ``dim`` moved last, contiguous, as rows ``(M, N)``; and what
-    :func:`from_rows` needs to undo it."""
-    moved = x.movedim(dim, -1) if x.dim() else x.reshape(1)
-    shape = moved.shape
-    return moved.contiguous().reshape(-1, shape[-1]), (shape, dim, x.dim())
-
-
-def from_rows(y: torch.Tensor, undo: tuple) -> torch.Tensor:
-    shape, dim, ndim = undo
-    y = y.reshape(shape)
-    return y.reshape(()) if ndim == 0 else y.movedim(-1, dim)
-
-
 def is_f64(x: torch.Tensor) -> bool:
     return x.dtype == torch.float64
 

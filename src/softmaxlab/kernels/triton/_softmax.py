@@ -21,15 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...functional._common import (
-    LOW_PRECISION,
-    NEG_INF,
-    check_broadcast,
-    check_dim,
-    check_input,
-    check_mask,
-)
-from ...functional.softmax import TEMPERATURE
+from ..._constants import NEG_INF
 from . import _launch as L
 
 
@@ -359,63 +351,13 @@ def softmax_backward(y: torch.Tensor, g: torch.Tensor, scale: float, log: bool) 
     return dx
 
 
-class SoftmaxFunction(torch.autograd.Function):
-    """(Log-)softmax of rows ``(M, N)`` scaled by ``scale`` (= 1/T); saves only its output."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float, log: bool) -> torch.Tensor:
-        y = softmax_forward(x, scale, log)
-        ctx.scale, ctx.log = scale, log
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        (y,) = ctx.saved_tensors
-        return softmax_backward(y, g, ctx.scale, ctx.log), None, None
+def expnorm_forward(l: torch.Tensor, log: bool) -> torch.Tensor:
+    """Row function of op family ``expnorm`` (:mod:`softmaxlab.kernels.ops`): (log-)softmax
+    of contiguous rows ``(*, n)`` in their own dtype (computed in float32 or float64)."""
+    return softmax_forward(l.view(-1, max(l.shape[-1], 1)), 1.0, log).view(l.shape)
 
 
-def _softmax(x, dim, temperature, mask, log):
-    check_input(x)
-    TEMPERATURE.validate(temperature)
-    d = check_dim(x, dim)
-    dtype = x.dtype
-    if mask is not None:
-        x = x.masked_fill(~check_mask(mask, x), NEG_INF)
-    scale = 1.0
-    if isinstance(temperature, torch.Tensor):
-        check_broadcast(temperature, x.shape, "temperature")
-        # as the reference: divide only the kept entries (no NaN gradient for T at -inf)
-        x = x.float() if dtype in LOW_PRECISION else x
-        excluded = torch.isneginf(x)
-        x = (x.masked_fill(excluded, 0.0) / temperature.to(x.device)).masked_fill(excluded, NEG_INF)
-    else:
-        scale = 1.0 / float(temperature)
-        if x.dtype == torch.float64 and scale != 1.0:
-            x, scale = x * scale, 1.0  # a kernel's float argument is float32: scale in torch
-    rows, undo = L.as_rows(x, d)
-    return L.from_rows(SoftmaxFunction.apply(rows, scale, log), undo).to(dtype)
-
-
-def softmax(x: torch.Tensor, dim: int = -1, *, temperature: float | torch.Tensor = 1.0,
-            mask: torch.Tensor | None = None) -> torch.Tensor:
-    r"""Triton softmax, same contract and signature as :func:`softmaxlab.softmax`.
-
-    .. math:: p_i = e^{z_i/T} / \sum_j e^{z_j/T}
-
-    Shape: ``x`` any shape ``(*)``, output the same shape and dtype. ``dim`` is moved last
-    (a copy when it is not already last). ``mask`` (bool, True = keep) is applied as ``-inf``.
-    A tensor ``temperature`` is applied in torch before the kernel (so its gradient flows).
-    """
-    return _softmax(x, dim, temperature, mask, log=False)
-
-
-def log_softmax(x: torch.Tensor, dim: int = -1, *, temperature: float | torch.Tensor = 1.0,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-    r"""Triton log-softmax, same contract and signature as :func:`softmaxlab.log_softmax`.
-
-    .. math:: \log p_i = z_i/T - \log \sum_j e^{z_j/T}
-
-    Excluded entries give ``-inf``; a row with nothing kept is all ``-inf`` with zero gradient.
-    """
-    return _softmax(x, dim, temperature, mask, log=True)
+def expnorm_backward(g: torch.Tensor, out: torch.Tensor, log: bool) -> torch.Tensor:
+    """Input gradient of :func:`expnorm_forward` from its output."""
+    n = max(out.shape[-1], 1)
+    return softmax_backward(out.view(-1, n), g.view(-1, n), 1.0, log).view(out.shape)

@@ -22,7 +22,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ...functional._common import NEG_INF, check_dim, check_input, check_mask
 from . import _launch as L
 from ._softmax import _acc
 
@@ -208,31 +207,12 @@ def sparsemax_backward(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return dx
 
 
-class SparsemaxFunction(torch.autograd.Function):
-    """Sparsemax of rows ``(M, N)``; saves only its output."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        p = sparsemax_forward(x)
-        ctx.save_for_backward(p)
-        return p
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        (p,) = ctx.saved_tensors
-        return sparsemax_backward(p, g)
+def sparse_forward(z: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Row function of op family ``sparse``: sparsemax (``alpha`` is 2) of rows ``(*, n)``."""
+    return sparsemax_forward(z.view(-1, max(z.shape[-1], 1))).view(z.shape)
 
 
-def sparsemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
-    r"""Triton sparsemax, same contract and signature as :func:`softmaxlab.sparsemax`.
-
-    .. math:: \arg\min_{p \in \Delta} \|p - z\|^2 = [z - \tau]_+
-
-    Shape: ``x`` ``(*)``, output the same shape and dtype (computed in float32, or float64).
-    """
-    check_input(x)
-    d = check_dim(x, dim)
-    if mask is not None:
-        x = x.masked_fill(~check_mask(mask, x), NEG_INF)
-    rows, undo = L.as_rows(x, d)
-    return L.from_rows(SparsemaxFunction.apply(rows), undo)
+def sparse_backward(g: torch.Tensor, p: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Input gradient of :func:`sparse_forward` from its output."""
+    n = max(p.shape[-1], 1)
+    return sparsemax_backward(p.view(-1, n), g.view(-1, n)).view(p.shape)

@@ -18,7 +18,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ...online import check_topk
 from . import _launch as L
 from ._softmax import _acc, row_stats
 
@@ -40,44 +39,32 @@ def _dense_grad(X, DX, Mr, Sr, Cr, n_cols, span, TILE: tl.constexpr, F64: tl.con
                  mask=idx < end)
 
 
-class SoftmaxTopkFunction(torch.autograd.Function):
-    """Rows ``(M, N)`` -> top-k probabilities ``(M, k)`` (input dtype) and indices."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, k: int):
-        m, d = row_stats(x)
-        top, idx = x.topk(k, dim=-1)
-        s = d.masked_fill(d == 0, 1.0)
-        p = ((top.to(m.dtype) - m[:, None]).exp() / s[:, None])
-        ctx.save_for_backward(x, idx, p, m, d)
-        ctx.mark_non_differentiable(idx)
-        return p.to(x.dtype), idx
-
-    @staticmethod
-    def backward(ctx, gp: torch.Tensor, _gidx):
-        x, idx, p, m, d = ctx.saved_tensors
-        gpp = gp.to(p.dtype) * p
-        c = gpp.sum(1)
-        dx = torch.empty(x.shape, dtype=p.dtype, device=x.device)
-        rows, n = x.shape
-        if rows and n:
-            plan = L.multi_block(rows, n, x.device)
-            _dense_grad[(rows, plan.n_chunks)](x, dx, m, d, c, n, plan.span, TILE=plan.tile,
-                                               F64=L.is_f64(x), num_warps=plan.num_warps)
-        dx.scatter_add_(1, idx, gpp)
-        return dx.to(x.dtype), None
+def topk_forward(x: torch.Tensor, k: int):
+    """Row function of op family ``topk``: top-k probabilities of rows ``(*, n)`` (``x``'s
+    dtype), their int64 indices and each row's ``(m, d)`` (float64)."""
+    lead, n = x.shape[:-1], x.shape[-1]
+    xr = x.view(-1, n)
+    m, d = row_stats(xr)
+    top, idx = xr.topk(k, dim=-1)
+    p = (top.to(m.dtype) - m[:, None]).exp() / d.masked_fill(d == 0, 1.0)[:, None]
+    stats = torch.stack((m, d), 1).double()
+    return p.to(x.dtype).view(*lead, k), idx.view(*lead, k), stats.view(*lead, 2)
 
 
-def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Triton ``softmax_topk``: same contract and signature as
-    :func:`softmaxlab.online.softmax_topk` (``softmax(x, dim).topk(k, dim)``, differentiable).
-
-    Shape: ``x`` ``(*)``; returns values (``x``'s dtype) and int64 indices with ``dim`` of
-    size ``k``.
-    """
-    d, _ = check_topk(x, k, dim)
-    rows, (shape, _, ndim) = L.as_rows(x, d)
-    p, idx = SoftmaxTopkFunction.apply(rows, k)
-    out_shape = shape[:-1] + (k,)
-    undo = (out_shape, d, ndim)
-    return L.from_rows(p, undo), L.from_rows(idx, undo)
+def topk_backward(gp, x, p, idx, stats) -> torch.Tensor:
+    """Input gradient of :func:`topk_forward` from the gradient ``gp`` of the probabilities."""
+    n, k = x.shape[-1], p.shape[-1]
+    xr, pr, ir = x.view(-1, n), p.view(-1, k), idx.view(-1, k)
+    acc = L.acc_dtype(x)
+    m = stats.view(-1, 2)[:, 0].to(acc).contiguous()
+    d = stats.view(-1, 2)[:, 1].to(acc).contiguous()
+    gpp = gp.view(-1, k).to(acc) * pr.to(acc)
+    c = gpp.sum(1)
+    dx = torch.empty(xr.shape, dtype=acc, device=x.device)
+    rows, _ = xr.shape
+    if rows and n:
+        plan = L.multi_block(rows, n, x.device)
+        _dense_grad[(rows, plan.n_chunks)](xr, dx, m, d, c, n, plan.span, TILE=plan.tile,
+                                           F64=L.is_f64(x), num_warps=plan.num_warps)
+    dx.scatter_add_(1, ir, gpp)
+    return dx.to(x.dtype).view(x.shape)

@@ -1,0 +1,181 @@
+"""The one plug-in point of the fast paths: kernels register here, public functions ask here.
+
+A kernel is described by a :class:`KernelSpec`: the op it implements (``"softmax"``,
+``"sparsemax"``, ``"softmax_topk"``, ...), its backend (``"cpu"`` or ``"triton"``), the name
+:func:`kernel_name` reports, the module that holds its row functions (imported only when the
+kernel first runs), the dtypes it takes and any further condition on the call. Every kernel
+follows the *row contract*: it receives rows ``(*, n)`` along the last dimension, contiguous,
+float32 or float64 (or the input's half dtype when ``low_precision``), excluded entries
+already ``-inf``, and returns the same layout; the function names a module provides per op
+family are listed in :mod:`softmaxlab.kernels.ops`.
+
+The backend of a call comes from :func:`requested_backend` (``SOFTMAXLAB_BACKEND``, or the
+innermost :func:`use`):
+
+* ``"auto"`` (unset): CPU tensors use a CPU kernel where one applies, CUDA tensors a Triton
+  kernel where one exists and ``triton`` is installed, and the reference otherwise;
+* ``"reference"``: always the pure-torch reference;
+* ``"cpu"`` / ``"triton"``: that backend's kernels where one applies (an error for a tensor
+  on another device, or when the package a kernel needs is missing).
+
+Inside ``torch.func`` transforms (vmap, grad, jvp, ...) eager calls take the reference, which
+supports them all; under ``torch.compile`` the kernels are custom ops the graph calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+
+__all__ = ["BACKENDS", "ENV_VAR", "KernelSpec", "available", "backend", "kernel_name", "kernels", "load",
+           "register", "requested_backend", "select", "use"]
+
+ENV_VAR = "SOFTMAXLAB_BACKEND"
+BACKENDS = ("auto", "reference", "cpu", "triton")
+#: The device type each forced backend runs on.
+DEVICE_OF = {"cpu": "cpu", "triton": "cuda"}
+#: Optional packages the kernels need, and the extra that installs each.
+EXTRAS = {"numba": "cpu", "triton": "triton"}
+_AVAILABLE = {name: importlib.util.find_spec(name) is not None for name in EXTRAS}
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One fast path of one op.
+
+    ``applies(facts)`` decides on the op's facts beyond dtype and device (``k`` and ``n`` of
+    a top-k, the ``mapping`` of a fused loss); ``None`` means always.
+    """
+
+    op: str
+    backend: str
+    name: str
+    module: str
+    dtypes: tuple[torch.dtype, ...]
+    needs: str | None = None
+    applies: Callable[[Mapping[str, Any]], bool] | None = None
+    low_precision: bool = False
+
+
+_SPECS: dict[str, list[KernelSpec]] = {}
+_BY_NAME: dict[str, KernelSpec] = {}
+_MODULES: dict[str, ModuleType] = {}
+_OVERRIDE: list[str] = []
+
+
+def register(spec: KernelSpec) -> KernelSpec:
+    """Add ``spec``; kernels of one op are tried in registration order."""
+    if spec.name in _BY_NAME:
+        raise ValueError(f"kernel {spec.name!r} is already registered")
+    if spec.backend not in DEVICE_OF:
+        raise ValueError(f"backend must be one of {tuple(DEVICE_OF)}, got {spec.backend!r}")
+    _SPECS.setdefault(spec.op, []).append(spec)
+    _BY_NAME[spec.name] = spec
+    return spec
+
+
+def kernels(op: str | None = None) -> tuple[KernelSpec, ...]:
+    """The registered kernels (of ``op``), in registration order."""
+    if op is not None:
+        return tuple(_SPECS.get(op, ()))
+    return tuple(s for specs in _SPECS.values() for s in specs)
+
+
+def load(name: str) -> ModuleType:
+    """The module of kernel ``name`` (imported on first use)."""
+    module = _MODULES.get(name)
+    if module is None:
+        module = _MODULES[name] = importlib.import_module(_BY_NAME[name].module)
+    return module
+
+
+def available(package: str) -> bool:
+    """Whether optional ``package`` (a key of :data:`EXTRAS`) is installed."""
+    return _AVAILABLE[package]
+
+
+def requested_backend() -> str:
+    """The innermost :func:`use`, else ``SOFTMAXLAB_BACKEND`` (``"auto"`` when unset)."""
+    value = _OVERRIDE[-1] if _OVERRIDE else (os.environ.get(ENV_VAR, "") or "auto")
+    if value not in BACKENDS:
+        raise ValueError(
+            f"{ENV_VAR}={value!r} is not a backend; valid values: "
+            f"{', '.join(map(repr, BACKENDS))} (or unset, which means 'auto')")
+    return value
+
+
+@contextlib.contextmanager
+def use(name: str) -> Iterator[None]:
+    """Run the block with backend ``name`` (one of :data:`BACKENDS`), as if
+    ``SOFTMAXLAB_BACKEND`` were set to it.
+
+    Example:
+        >>> with use("reference"):
+        ...     kernel_name("softmax", torch.zeros(2, 3))
+        'reference'
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _OVERRIDE.append(name)
+    try:
+        yield
+    finally:
+        _OVERRIDE.pop()
+
+
+def backend(x: torch.Tensor) -> str:
+    """The backend that runs ops on ``x``: ``"reference"``, ``"cpu"`` or ``"triton"``."""
+    requested = requested_backend()
+    device = x.device.type
+    if requested in DEVICE_OF:
+        if device != DEVICE_OF[requested]:
+            raise ValueError(
+                f"{ENV_VAR}={requested!r} runs on {DEVICE_OF[requested]!r} tensors only, got a "
+                f"tensor on {x.device}; unset {ENV_VAR} to choose by device")
+        return requested
+    if requested == "reference":
+        return "reference"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda" and _AVAILABLE["triton"]:
+        return "triton"
+    return "reference"
+
+
+def select(op: str, x: torch.Tensor, **facts: Any) -> KernelSpec | None:
+    """The kernel that runs ``op`` on ``x`` (``facts``: what else decides), or ``None`` for
+    the reference. A forced backend whose kernel needs a missing package raises
+    ``ImportError`` naming the extra."""
+    chosen = backend(x)
+    if chosen == "reference":
+        return None
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return None  # vmap/grad/jvp: the reference supports every transform
+    for spec in _SPECS.get(op, ()):
+        if spec.backend != chosen or x.dtype not in spec.dtypes:
+            continue
+        if spec.applies is not None and not spec.applies(facts):
+            continue
+        if spec.needs is not None and not _AVAILABLE[spec.needs]:
+            if requested_backend() == chosen:
+                raise ImportError(
+                    f"{ENV_VAR}={chosen!r}: kernel {spec.name} needs {spec.needs}; install it "
+                    f"with pip install 'softmaxlab[{EXTRAS[spec.needs]}]', or unset {ENV_VAR}")
+            continue
+        return spec
+    return None
+
+
+def kernel_name(op: str, x: torch.Tensor, **facts: Any) -> str:
+    """Which kernel ``op`` runs on ``x``: its name (e.g. ``"cpu.sparsemax"``) or
+    ``"reference"``."""
+    spec = select(op, x, **facts)
+    return "reference" if spec is None else spec.name
