@@ -1,4 +1,4 @@
-"""The ``softmaxlab`` command: ``list``, ``demo``, ``env``, and the lab's commands.
+"""The ``softmaxlab`` command: ``list``, ``demo``, ``env``, the lab's commands and ``bench``.
 
 ``list``, ``demo`` and ``env`` are plain text and need only the core library. Further
 subcommands live in their own modules, listed in :data:`COMMANDS`: each module defines
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import platform
 import sys
 from typing import Sequence
 
@@ -19,20 +18,11 @@ import torch
 
 from . import __version__
 from ._registry import mappings
+from ._text import table
 
 #: Modules that add a subcommand with ``register(subparsers)``.
 COMMANDS: tuple[str, ...] = ("softmaxlab.lab.datasets.command", "softmaxlab.lab.compare",
-                             "softmaxlab.lab.report")
-COMMANDS += ("softmaxlab.lab.bench.command",)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain fixed-width text table."""
-    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+                             "softmaxlab.lab.report", "softmaxlab.bench.command")
 
 
 def _fmt(t: torch.Tensor, digits: int = 4) -> str:
@@ -127,23 +117,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    rows = [
-        ["softmaxlab", __version__],
-        ["python", platform.python_version()],
-        ["platform", platform.platform()],
-        ["torch", torch.__version__],
-        ["torch threads", torch.get_num_threads()],
-        ["cuda available", torch.cuda.is_available()],
-    ]
-    if torch.cuda.is_available():
-        rows.append(["cuda device", torch.cuda.get_device_name(0)])
-    for pkg in ("numpy", "triton", "entmax", "rich", "matplotlib", "sklearn"):
-        try:
-            mod = __import__(pkg)
-            rows.append([pkg, getattr(mod, "__version__", "installed")])
-        except ImportError:
-            rows.append([pkg, "not installed"])
-    print(table(["component", "version"], rows))
+    from .bench import environment
+
+    print(table(["component", "version"], environment.rows()))
     return 0
 
 

@@ -1,3 +1,2 @@
 """The lab: train and measure the mappings on real data (``softmaxlab compare``,
-``reproduce``, ``bench``, ``report``). Needs the ``lab`` extra (Rich, Matplotlib,
-scikit-learn)."""
+``reproduce``, ``report``). Needs the ``lab`` extra (Rich, Matplotlib, scikit-learn)."""

@@ -26,13 +26,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import re
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
 from .. import calibration as cal
+from ..bench.memory import proc_status_bytes, reset_peak_rss
 from .heads import Head, get_head
 from .models import build_model
 
@@ -117,25 +117,13 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(device)
             self.base = torch.cuda.memory_allocated(device)
         else:
-            with contextlib.suppress(OSError):
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")  # resets VmHWM (the peak RSS) to the current RSS
-            self.base = self._status("VmRSS")
-
-    @staticmethod
-    def _status(field: str) -> int | None:
-        try:
-            with open("/proc/self/status") as f:
-                m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
-        except OSError:
-            return None
-        return int(m.group(1)) * 1024 if m else None
+            self.base = reset_peak_rss()
 
     def peak_mb(self) -> float | None:
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            peak = self._status("VmHWM")
+            peak = proc_status_bytes("VmHWM")
         if peak is None or self.base is None:
             return None
         return max(peak - self.base, 0) / 2**20

@@ -25,7 +25,7 @@ def _sizes(ds) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...cli import table
+    from ..._text import table
     from . import datasets, get_dataset, load
 
     builtin = {s.name for s in datasets()}

@@ -1,5 +1,6 @@
-"""Show benchmark results: a terminal table (Rich when installed, else plain text), a
-Markdown table and a Matplotlib chart of the candidate's time ratios (for the README)."""
+"""Show benchmark results: progress lines, a terminal table (Rich when installed, else plain
+text), a Markdown table and a Matplotlib chart of the candidate's time ratios (for the
+README). Rows are the result document's (JSON) rows."""
 
 from __future__ import annotations
 
@@ -8,10 +9,37 @@ import math
 import sys
 from typing import Sequence
 
-from .harness import OK, format_time, write_atomic
+from .._text import table
+from .records import OK
+from .results import write_atomic
 
 COLUMNS = ("op", "shape", "dtype", "mode", "impl", "median", "p20-p80", "first", "peak mem",
            "throughput", "time ratio", "mem ratio", "targets")
+
+
+def format_time(s: float | None) -> str:
+    """Seconds with a readable unit.
+
+    Example:
+        >>> format_time(0.0123), format_time(2.5e-6), format_time(3.2)
+        ('12.3 ms', '2.5 us', '3.2 s')
+    """
+    if s is None:
+        return "-"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale:
+            v = s / scale
+            return f"{v:.3g} {unit}" if v < 100 else f"{v:.0f} {unit}"
+    return f"{s / 1e-9:.0f} ns"
+
+
+def progress_line(r: dict) -> str:
+    """One row on one line (the run's progress on stderr)."""
+    shape = "x".join(str(s) for s in r["shape"])
+    head = f"  {r['op']:<22} {shape:<14} {r['mode']:<8} {r['impl']:<12} "
+    if r["status"] != OK:
+        return f"{head}{r['status']}: {r['note']}"
+    return f"{head}{format_time(r['median_s']):>9}  {_ratios(r['ratios'], ' ', '')}"
 
 
 def _mib(b: int | None) -> str:
@@ -29,8 +57,8 @@ def _throughput(r: dict) -> str:
     return "-"
 
 
-def _ratios(ratios: dict, sep: str) -> str:
-    return sep.join(f"{k} {v:.2f}x" for k, v in ratios.items()) or "-"
+def _ratios(ratios: dict, sep: str, empty: str = "-") -> str:
+    return sep.join(f"{k} {v:.2f}x" for k, v in ratios.items()) or empty
 
 
 def _targets(r: dict, sep: str) -> str:
@@ -76,8 +104,6 @@ def print_table(doc: dict) -> None:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
-        from softmaxlab.cli import table
-
         print(header(doc))
         print(table(COLUMNS, [row_cells(r) for r in doc["rows"]]))
         return

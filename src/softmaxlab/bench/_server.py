@@ -1,6 +1,6 @@
 """A fork server for memory measurements: fresh processes at the cost of a fork.
 
-``python -m softmaxlab.lab.bench._server`` imports torch and the benchmark cases once, runs
+``python -m softmaxlab.bench._server`` imports torch and the benchmark suites once, runs
 nothing, then reads one JSON request per line on stdin and answers one JSON line on stdout:
 each request is handled in a child forked from this clean process (no garbage of other
 cases, no thread pools started), so one measurement can never pollute another. With
@@ -10,7 +10,7 @@ then starts one server per request.
 Request: ``{"target": [module, function, kwargs], "threads": int, "env": {...},
 "preload": [module, ...]}`` (library modules the client has imported: imported here,
 before forking, so that children pay for no imports); the
-function returns a :class:`~softmaxlab.lab.bench.harness.Step` or a dict of them. Answer:
+function returns a :class:`~softmaxlab.bench.timing.Step` or a dict of them. Answer:
 ``{"bytes": {key: int}, "method": str}`` or ``{"error": str}``.
 """
 
@@ -25,8 +25,8 @@ import traceback
 import torch
 import torch.fx.experimental.symbolic_shapes  # noqa: F401  (imported by the first autograd.grad)
 
-from softmaxlab.lab.bench import cases  # noqa: F401  (preload: children only fork)
-from softmaxlab.lab.bench.harness import measure_request
+from softmaxlab.bench import suites  # noqa: F401  (preload: children only fork)
+from softmaxlab.bench.memory import measure_request
 
 
 def _preload(names: list[str]) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cases import SUITES
-from .harness import BACKENDS, MODES
+from .environment import BACKENDS
+from .suites import SUITES
+from .timing import MODES
 
 
 def register(subparsers) -> None:
@@ -32,6 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--backend", metavar="NAME",
                    help=f"{', '.join(BACKENDS)}: sets SOFTMAXLAB_BACKEND for the run "
                         "(default: the environment's)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile(fullgraph=True) of the candidate and the torch "
+                        "baseline (softmax and overhead suites); one that fails to compile is "
+                        "reported as unavailable")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the peak-memory measurement (on CPU: one fresh process per case "
                         "and implementation)")
@@ -51,18 +56,19 @@ def _command_line(args: argparse.Namespace) -> list[str]:
     out += ["--quick"] if args.quick else []
     out += ["--repeat", str(args.repeat)] if args.repeat is not None else []
     out += ["--backend", args.backend] if args.backend else []
+    out += ["--compile"] if args.compile else []
     out += [] if args.memory else ["--no-memory"]
     return out
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import harness, report
+    from . import report, results, runner
 
     if args.render:
-        docs = [harness.load(f) for f in args.render]
+        docs = [results.load(f) for f in args.render]
         text = report.markdown(docs)
         if args.markdown:
-            print(f"wrote {harness.write_atomic(args.markdown, text)}")
+            print(f"wrote {results.write_atomic(args.markdown, text)}")
         if args.plot:
             try:
                 report.plot(docs, args.plot)
@@ -78,11 +84,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    doc = harness.run(args.suite, quick=args.quick, modes=args.mode, repeat=args.repeat,
-                      backend=args.backend, memory=args.memory, argv=_command_line(args),
-                      log=None if args.quiet else log)
+    doc = runner.run(args.suite, quick=args.quick, modes=args.mode, repeat=args.repeat,
+                     backend=args.backend, memory=args.memory, compile=args.compile,
+                     argv=_command_line(args), log=None if args.quiet else log)
     name = "all" if args.suite == "all" else doc["suites"]
-    path = harness.save(doc, args.out or harness.default_out(name))  # first: never lose a run
+    path = results.save(doc, args.out or results.default_out(name))  # first: never lose a run
     report.print_table(doc)
     print(f"wrote {path}")
     return 0

@@ -1,0 +1,247 @@
+"""The implementations a case compares: the candidate (the public softmaxlab function),
+torch, the naive formula in unfused torch ops, and peer packages (entmax, Liger,
+cut-cross-entropy; imported only when a case runs, "not installed" when missing)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .records import Case, Impl
+from .timing import CallStep, Inputs, Step
+
+
+def naive_softmax(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """exp(x - max) / sum: the textbook formula, three unfused passes."""
+    x = x / temperature if temperature != 1.0 else x
+    e = (x - x.amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+def naive_log_softmax(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    x = x / temperature if temperature != 1.0 else x
+    s = x - x.amax(-1, keepdim=True)
+    return s - s.exp().sum(-1, keepdim=True).log()
+
+
+def _normalized(f: torch.Tensor) -> torch.Tensor:
+    return f / f.sum(-1, keepdim=True)
+
+
+def naive_taylor(x: torch.Tensor, order: int = 2) -> torch.Tensor:
+    f = torch.ones_like(x)
+    term = torch.ones_like(x)
+    for i in range(1, order + 1):
+        term = term * x / i
+        f = f + term
+    return _normalized(f)
+
+
+def naive_spherical(x: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+    return _normalized(x * x + eps)
+
+
+def naive_sigsoftmax(x: torch.Tensor) -> torch.Tensor:
+    return _normalized((x - x.amax(-1, keepdim=True)).exp() * torch.sigmoid(x))
+
+
+def naive_sparsemax(x: torch.Tensor) -> torch.Tensor:
+    """Sort-based sparsemax in torch ops (Martins & Astudillo 2016, Alg. 1), autograd
+    through the ops."""
+    z = x - x.amax(-1, keepdim=True)
+    srt = z.sort(-1, descending=True).values
+    r = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+    cs = srt.cumsum(-1)
+    k = (1 + r * srt > cs).sum(-1, keepdim=True)
+    tau = (cs.gather(-1, k - 1) - 1) / k
+    return (z - tau).clamp(min=0)
+
+
+def naive_entmax15(x: torch.Tensor) -> torch.Tensor:
+    """Sort-based 1.5-entmax in torch ops (Peters et al. 2019, Alg. 2), autograd through
+    the ops."""
+    z = (x - x.amax(-1, keepdim=True)) / 2
+    srt = z.sort(-1, descending=True).values
+    r = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+    mean = srt.cumsum(-1) / r
+    mean_sq = (srt * srt).cumsum(-1) / r
+    tau = mean - ((1 - r * (mean_sq - mean * mean)) / r).clamp(min=0).sqrt()
+    k = (tau <= srt).sum(-1, keepdim=True)
+    return (z - tau.gather(-1, k - 1)).clamp(min=0) ** 2
+
+
+def naive_linear_ce(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    logits = (h @ w.T).float()
+    return -naive_log_softmax(logits).gather(-1, t[:, None]).mean()
+
+
+NAIVE: dict[str, Callable[..., torch.Tensor]] = {
+    "softmax": naive_softmax,
+    "log_softmax": naive_log_softmax,
+    "taylor_softmax": naive_taylor,
+    "log_taylor_softmax": lambda x, **kw: naive_taylor(x, **kw).log(),
+    "spherical_softmax": naive_spherical,
+    "log_spherical_softmax": lambda x, **kw: naive_spherical(x, **kw).log(),
+    "sigsoftmax": naive_sigsoftmax,
+    "log_sigsoftmax": lambda x: naive_sigsoftmax(x).log(),
+    "sparsemax": naive_sparsemax,
+    "entmax15": naive_entmax15,
+}
+
+
+# ------------------------------------------------------------------------ implementations
+def _registry_fn(op: str) -> tuple[Callable[..., torch.Tensor], dict]:
+    """The public function called ``op`` (a mapping or its log form) from the registry,
+    with the mapping's default parameters."""
+    import softmaxlab as sl
+
+    for m in sl.mappings():
+        for f in (m.fn, m.log_fn):
+            if f is not None and f.__name__ == op:
+                return f, m.defaults
+    raise ValueError(f"{op!r} is not a registered mapping function")
+
+
+def candidate(op: str) -> Impl:
+    """The public softmaxlab function ``op`` along the last dim, default parameters."""
+
+    def load():
+        fn, params = _registry_fn(op)
+        return functools.partial(fn, dim=-1, **params)  # its own code object for torch.compile
+
+    return Impl("softmaxlab", load, role="candidate")
+
+
+def naive(op: str) -> Impl:
+    def load():
+        _, params = _registry_fn(op)
+        f = NAIVE[op]
+        return lambda x: f(x, **params)
+
+    return Impl("naive", load, note="the formula in unfused torch ops")
+
+
+TORCH_SOFTMAX = Impl("torch.softmax", lambda: lambda x: torch.softmax(x, -1))
+TORCH_LOG_SOFTMAX = Impl("torch.log_softmax", lambda: lambda x: torch.log_softmax(x, -1))
+
+
+def entmax_impl(name: str) -> Impl:
+    def load():
+        import entmax
+
+        f = getattr(entmax, name)
+        return lambda x: f(x, dim=-1)
+
+    return Impl("entmax", load, package="entmax", dist="entmax",
+                note=f"entmax.{name} (sort-based)")
+
+
+def topk_impls(k: int) -> tuple[Impl, ...]:
+    def load_candidate():
+        import softmaxlab as sl
+
+        return lambda x: sl.softmax_topk(x, k)
+
+    return (Impl("softmaxlab", load_candidate, role="candidate"),
+            Impl("torch.softmax.topk", lambda: lambda x: torch.softmax(x, -1).topk(k, -1)),
+            Impl("naive", lambda: lambda x: naive_softmax(x).topk(k, -1),
+                 note="naive softmax, then topk"))
+
+
+def cross_entropy_impls() -> tuple[Impl, ...]:
+    """``softmaxlab.losses.cross_entropy(x, t)`` and ``F.cross_entropy(x, t)``."""
+
+    def load_candidate():
+        import softmaxlab as sl
+
+        return sl.losses.cross_entropy
+
+    return (Impl("softmaxlab", load_candidate, role="candidate"),
+            Impl("F.cross_entropy", lambda: F.cross_entropy))
+
+
+def linear_candidate():
+    import softmaxlab as sl
+
+    return lambda h, w, t: sl.losses.linear_cross_entropy(h, w, t)
+
+
+def _gemm_bound(case: Case, inputs: Inputs, mode: str) -> Step:
+    """The 3 matrix products of linear cross-entropy alone: h @ W.T (forward), g @ W and
+    g.T @ h (backward), with g an N x V gradient made untimed once."""
+    h, w, _ = inputs.detached()
+    state: dict[str, torch.Tensor] = {}
+
+    def before():
+        if mode != "forward" and "g" not in state:
+            state["g"] = torch.randn(h.shape[0], w.shape[0], generator=case.generator(),
+                                     dtype=h.dtype, device=h.device)
+
+    if mode == "forward":
+        return CallStep(lambda: h @ w.T)
+    if mode == "backward":
+        return CallStep(lambda: (state["g"] @ w, state["g"].T @ h), before)
+    return CallStep(lambda: (h @ w.T, state["g"] @ w, state["g"].T @ h), before)
+
+
+def liger_flce(**kw):
+    def load():
+        try:
+            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+        except ImportError:  # older releases: the module only
+            from liger_kernel.transformers.fused_linear_cross_entropy import (
+                LigerFusedLinearCrossEntropyLoss,
+            )
+
+            loss = LigerFusedLinearCrossEntropyLoss(**kw)
+            return lambda h, w, t: loss(w, h, t)
+        return lambda h, w, t: liger_fused_linear_cross_entropy(h, w, t, **kw)
+
+    return load
+
+
+def _cce(exact: bool):
+    def load():
+        from cut_cross_entropy import linear_cross_entropy
+
+        if exact:
+            return lambda h, w, t: linear_cross_entropy(h, w, t, filter_eps=None)
+        return lambda h, w, t: linear_cross_entropy(h, w, t)
+
+    return load
+
+
+def liger_softmax():
+    from liger_kernel.transformers.softmax import LigerSoftmax
+
+    m = LigerSoftmax()
+    return lambda x: m(x)
+
+
+def liger_sparsemax():
+    from liger_kernel.transformers.functional import liger_sparsemax
+
+    return lambda x: liger_sparsemax(x, -1)
+
+
+def linear_impls(gpu: bool = False) -> tuple[Impl, ...]:
+    impls = [
+        Impl("softmaxlab", linear_candidate, role="candidate"),
+        Impl("F.cross_entropy", lambda: lambda h, w, t: F.cross_entropy(h @ w.T, t),
+             note="F.cross_entropy(h @ W.T, t): the full N x V logits"),
+        Impl("naive", lambda: naive_linear_ce, note="float32 logits, naive log_softmax, gather"),
+        Impl("3 GEMMs", lambda: _gemm_bound, manual=True,
+             note="bound: h @ W.T, g @ W, g.T @ h alone"),
+    ]
+    if gpu:
+        impls += [Impl("liger", liger_flce(), package="liger_kernel", dist="liger-kernel",
+                       note="LigerFusedLinearCrossEntropyLoss"),
+                  Impl("cce", _cce(False), package="cut_cross_entropy",
+                       dist="cut-cross-entropy",
+                       note="cut_cross_entropy.linear_cross_entropy (default: gradient filtering)"),
+                  Impl("cce exact", _cce(True), package="cut_cross_entropy",
+                       dist="cut-cross-entropy", note="filter_eps=None: exact gradients")]
+    return tuple(impls)
