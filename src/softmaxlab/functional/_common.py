@@ -65,12 +65,19 @@ def excluded_entries(z: torch.Tensor) -> torch.Tensor:
     return torch.isneginf(z)
 
 
-class ExpNormalizeFunction(torch.autograd.Function):
+def apply(function: type[torch.autograd.Function], traced: type[torch.autograd.Function], *args):
+    """``function.apply(*args)``; while ``torch.compile`` traces, ``traced.apply(*args)``:
+    ``function`` without its ``jvp`` (Dynamo cannot trace a custom ``jvp``; forward mode is
+    an eager feature)."""
+    return (traced if torch.compiler.is_compiling() else function).apply(*args)
+
+
+class _ExpNormalize(torch.autograd.Function):
     """Safe softmax of log-scores ``l`` along the last dim; saves only its output.
 
     ``exp(l) / sum(exp(l))`` (or its log) with ``-inf`` meaning excluded; a row with no kept
-    entry gives zeros (log: ``-inf``) and zero gradient. Supports ``torch.func`` (vmap, grad,
-    jvp) and ``torch.compile``.
+    entry gives zeros (log: ``-inf``) and zero gradient. Supports ``torch.func`` (vmap, grad)
+    and ``torch.compile``; :class:`ExpNormalizeFunction` adds forward mode (jvp).
     """
 
     generate_vmap_rule = True
@@ -98,6 +105,10 @@ class ExpNormalizeFunction(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         return _expnorm_vjp(g, out, ctx.log), None
 
+
+class ExpNormalizeFunction(_ExpNormalize):
+    """:class:`_ExpNormalize` with its forward-mode derivative."""
+
     @staticmethod
     def jvp(ctx, dl: torch.Tensor, _dlog):
         (out,) = ctx.saved_tensors
@@ -122,7 +133,7 @@ def exp_normalize(l: torch.Tensor, log: bool) -> torch.Tensor:
     is chosen, else :class:`ExpNormalizeFunction`."""
     spec = kernels.select("softmax", l)
     if spec is None:
-        return ExpNormalizeFunction.apply(compute(l), log)
+        return apply(ExpNormalizeFunction, _ExpNormalize, compute(l), log)
     return ops.expnorm(l if spec.low_precision else compute(l), log, spec.name)
 
 

@@ -13,7 +13,7 @@ from .._constants import NEG_INF
 from .._registry import Mapping, Param, register
 from .._validation import check_broadcast, check_dim, check_input, checks_values
 from ..kernels import ops
-from ._common import along, compute, exp_normalize
+from ._common import along, apply, compute, exp_normalize
 from .softmax import softmax
 
 
@@ -44,7 +44,7 @@ def _sparsemax_vjp(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return s * (g - mean)
 
 
-class SparsemaxFunction(torch.autograd.Function):
+class _Sparsemax(torch.autograd.Function):
     """Sparsemax of rows along the last dim (excluded entries ``-inf``), sort-based."""
 
     generate_vmap_rule = True
@@ -68,13 +68,15 @@ class SparsemaxFunction(torch.autograd.Function):
         (p,) = ctx.saved_tensors
         return _sparsemax_vjp(g, p)
 
+
+class SparsemaxFunction(_Sparsemax):
     @staticmethod
     def jvp(ctx, dz: torch.Tensor):
         (p,) = ctx.saved_tensors
         return _sparsemax_vjp(dz, p)
 
 
-class Entmax15Function(torch.autograd.Function):
+class _Entmax15(torch.autograd.Function):
     """1.5-entmax of rows along the last dim (excluded entries ``-inf``), sort-based."""
 
     generate_vmap_rule = True
@@ -102,6 +104,8 @@ class Entmax15Function(torch.autograd.Function):
         (p,) = ctx.saved_tensors
         return _entmax_input_grad(g, p.sqrt())
 
+
+class Entmax15Function(_Entmax15):
     @staticmethod
     def jvp(ctx, dz: torch.Tensor):
         (p,) = ctx.saved_tensors
@@ -144,7 +148,7 @@ class BisectOptions:
     n_iter: int
 
 
-class EntmaxBisectFunction(torch.autograd.Function):
+class _EntmaxBisect(torch.autograd.Function):
     """alpha-entmax by bisection on tau; rows with alpha == 1 are softmax, alpha == 2 exact
     sparsemax. Gradients (and forward-mode derivatives) for both the logits and alpha."""
 
@@ -173,7 +177,7 @@ class EntmaxBisectFunction(torch.autograd.Function):
         total = p.sum(-1, keepdim=True)
         p = p / total.masked_fill(total == 0, 1.0)
         p = torch.where(is_one, exp_normalize(z, False), p)
-        return torch.where(alpha == 2, SparsemaxFunction.apply(z), p)
+        return torch.where(alpha == 2, apply(SparsemaxFunction, _Sparsemax, z), p)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -188,6 +192,8 @@ class EntmaxBisectFunction(torch.autograd.Function):
         dalpha = (g * dp_dalpha).sum(-1, keepdim=True) if ctx.needs_input_grad[1] else None
         return _entmax_input_grad(g, gppr), dalpha, None
 
+
+class EntmaxBisectFunction(_EntmaxBisect):
     @staticmethod
     def jvp(ctx, dz, dalpha, _opts):
         p, alpha = ctx.saved_tensors
@@ -196,12 +202,12 @@ class EntmaxBisectFunction(torch.autograd.Function):
         return out if dalpha is None else out + dp_dalpha * dalpha.to(out.dtype)
 
 
-def _sparse(op: str, z: torch.Tensor, alpha: float, reference) -> torch.Tensor:
+def _sparse(op: str, z: torch.Tensor, alpha: float, reference, traced) -> torch.Tensor:
     """Rows of sparsemax (``alpha=2``) or 1.5-entmax: the kernel, or the sort-based
-    ``reference``."""
+    ``reference`` (``traced``: the same without jvp, see :func:`._common.apply`)."""
     spec = kernels.select(op, z)
     if spec is None:
-        return reference.apply(compute(z))
+        return apply(reference, traced, compute(z))
     return ops.sparse_map(z if spec.low_precision else compute(z), alpha, spec.name)
 
 
@@ -219,7 +225,7 @@ def sparsemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = Non
         >>> sparsemax(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0000, 0.2500, 0.7500])
     """
-    return along(x, dim, mask, lambda z: _sparse("sparsemax", z, 2.0, SparsemaxFunction), dtype)
+    return along(x, dim, mask, lambda z: _sparse("sparsemax", z, 2.0, SparsemaxFunction, _Sparsemax), dtype)
 
 
 def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None,
@@ -235,7 +241,7 @@ def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
         >>> entmax15(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0000, 0.3260, 0.6740])
     """
-    return along(x, dim, mask, lambda z: _sparse("entmax15", z, 1.5, Entmax15Function), dtype)
+    return along(x, dim, mask, lambda z: _sparse("entmax15", z, 1.5, Entmax15Function, _Entmax15), dtype)
 
 
 def _check_alpha(alpha: object) -> None:
@@ -287,7 +293,7 @@ def entmax(
     check_broadcast(alpha, torch.Size(rows), "alpha")
     a = alpha.to(x.device).broadcast_to(rows).movedim(d, -1)
     opts = BisectOptions(n_iter)
-    return along(x, dim, mask, lambda z: EntmaxBisectFunction.apply(compute(z), a, opts), dtype)
+    return along(x, dim, mask, lambda z: apply(EntmaxBisectFunction, _EntmaxBisect, compute(z), a, opts), dtype)
 
 
 ALPHA = Param(
