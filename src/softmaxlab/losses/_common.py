@@ -10,7 +10,8 @@ nowhere: not in the loss, not in the label-smoothing term, not in the mean's den
 ``reduction`` in ``"none" | "mean" | "sum"``, ``label_smoothing`` in ``[0, 1]``. The mean is
 ``sum_i w_{y_i} l_i / sum_i w_{y_i}`` over kept rows, as in torch; a batch with every row
 ignored gives 0 with zero gradient (torch gives NaN). With probability targets nothing is
-ignored and the mean divides by the number of rows ``M`` (torch's rule).
+ignored (a class id as ``ignore_index`` raises, as in torch) and the mean divides by the
+number of rows ``M`` (torch's rule).
 
 Value checks (a target id out of range, say) run in eager mode only: under
 ``torch.compile`` they are skipped (:func:`checking_values`), as torch's own kernels skip
@@ -102,9 +103,15 @@ def as_rows(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
 def check_probs(target: torch.Tensor, shape: torch.Size, batch_shape: torch.Size,
                 ignore_index: int, name: str) -> torch.Tensor:
     """A floating ``target`` of class probabilities: same shape as ``name`` (``shape``).
-    Its values are not checked (torch does not either); ``ignore_index`` does not apply."""
+    Its values are not checked (torch does not either). ``ignore_index`` does not apply: a
+    negative one (the default -100) is ignored, a class id raises (as in torch)."""
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    if ignore_index >= 0:
+        raise ValueError(
+            f"ignore_index={ignore_index} is not supported for class-probability targets "
+            f"(no row is ignored; torch rejects it too): leave it negative, e.g. -100"
+        )
     if target.shape == shape:
         return target
     if target.shape == batch_shape:

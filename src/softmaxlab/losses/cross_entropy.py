@@ -41,7 +41,8 @@ def cross_entropy(
     or, for class probabilities :math:`y_i` (smoothed to :math:`(1-\epsilon) y_i +
     \epsilon / C`), :math:`\ell_i = -\sum_c w_c\, y_{ic} \log p_c(z_i)`, where
     ``reduction="mean"`` divides by the number of rows and ``ignore_index`` does not apply
-    (torch's rules); :math:`0 \log 0 = 0`, so a masked class with :math:`y = 0` adds nothing.
+    (it must stay negative; torch's rules); :math:`0 \log 0 = 0`, so a masked class with
+    :math:`y = 0` adds nothing.
 
     With ``mapping="softmax"`` it equals ``torch.nn.functional.cross_entropy`` in value and
     gradient for every combination of ``weight``, ``ignore_index``, ``reduction`` and
