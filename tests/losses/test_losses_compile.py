@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import softmaxlab as sl
 from softmaxlab import losses as L
 from softmaxlab.losses._common import checking_values
 
@@ -57,7 +58,8 @@ def _probs():
 #: name -> (loss of the differentiable inputs, the inputs)
 CASES = {
     "cross_entropy-index": (
-        lambda z: L.cross_entropy(z, T_IGNORED, weight=W, label_smoothing=0.1), lambda: (_z(4, 5),)),
+        lambda z: L.cross_entropy(z, T_IGNORED, weight=W, label_smoothing=0.1),
+        lambda: (_z(4, 5),)),
     "cross_entropy-index-none-NCd": (
         lambda z: L.cross_entropy(z, torch.tensor([[0, 1], [4, -100]]), reduction="none"),
         lambda: (_z(2, 5, 2),)),
@@ -83,7 +85,8 @@ CASES = {
     "nce": (lambda h, w: L.nce_loss(h, w, T, samples=SAMPLES, noise="uniform"),
             lambda: (_z(4, 3), _z(5, 3))),
     "sampled_softmax": (
-        lambda h, w: L.sampled_softmax_loss(h, w, T, samples=SAMPLES), lambda: (_z(4, 3), _z(5, 3))),
+        lambda h, w: L.sampled_softmax_loss(h, w, T, samples=SAMPLES),
+        lambda: (_z(4, 3), _z(5, 3))),
     "linear_cross_entropy": (
         lambda h, w: L.linear_cross_entropy(h, w, T_IGNORED, chunk_size=3, label_smoothing=0.1),
         lambda: (_z(4, 3), _z(5, 3))),
@@ -120,6 +123,25 @@ def _check_compiled(fn, inputs, backend, tol):
 def test_loss_compiles_without_graph_break_and_equals_eager(name):
     fn, inputs = CASES[name]
     _check_compiled(fn, inputs(), "aot_eager", dict(rtol=1e-12, atol=1e-13))
+
+
+@pytest.mark.parametrize("mapping", [m.name for m in sl.mappings()
+                                     if m.log_fn is not None and m.normalized])
+def test_cross_entropy_every_log_mapping_compiles(mapping):
+    def fn(z, y):
+        return (L.cross_entropy(z, T_IGNORED, mapping=mapping, label_smoothing=0.1)
+                + L.cross_entropy(z, y, mapping=mapping, weight=W))
+
+    _check_compiled(fn, (_z(4, 5) + 0.1, _probs()), "aot_eager", dict(rtol=1e-12, atol=1e-13))
+
+
+@pytest.mark.xfail(strict=True, reason="mapping entmax not yet compile-friendly "
+                   "(bool(is_one.any()) in functional/sparsemax.py)")
+def test_fenchel_young_entmax_bisection_compiles():
+    def fn(z):
+        return L.fenchel_young_loss(z, T_IGNORED, mapping="entmax", alpha=1.5, weight=W)
+
+    _check_compiled(fn, (_z(4, 5),), "aot_eager", dict(rtol=1e-12, atol=1e-13))
 
 
 def test_cross_entropy_with_inductor():

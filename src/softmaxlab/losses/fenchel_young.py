@@ -71,7 +71,8 @@ def fenchel_young_loss(
     cross-entropy). Non-negative, zero exactly when ``p == q``. A row's class weight
     multiplies its whole loss (for probabilities :math:`y`: :math:`\langle w, y\rangle`,
     and ``"mean"`` divides by the number of rows, as in
-    :func:`softmaxlab.losses.cross_entropy`). Layout and other arguments as there.
+    :func:`softmaxlab.losses.cross_entropy`; no gradient flows to the target). Layout and
+    other arguments as there.
 
     Example:
         >>> z = torch.tensor([[-2.0, 0.0, 0.5]])

@@ -62,6 +62,11 @@ def graph_tv_penalty(
         weight: :math:`\lambda \ge 0`.
         reduction: over the rows of ``probs``: ``"mean"``, ``"sum"`` or ``"none"`` (``(*)``).
 
+    Under ``torch.compile`` pass the edge list (``edge_index = A.nonzero().T``, computed
+    once outside): a dense adjacency needs ``nonzero`` (a data-dependent shape, a graph
+    break) and dynamo does not trace sparse tensors. The checks of node ids and weights
+    run in eager mode only.
+
     Example:
         >>> p = torch.tensor([[0.7, 0.2, 0.1]])
         >>> graph_tv_penalty(p, (torch.tensor([[0], [1]]), torch.tensor([2.0])))
