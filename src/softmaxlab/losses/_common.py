@@ -2,13 +2,20 @@
 
 Layout: ``logits`` ``(C,)``, ``(N, C)`` or ``(N, C, d1, ...)`` with the class dimension 1 (as
 ``torch.nn.functional.cross_entropy``); ``target`` of class indices ``()``, ``(N,)`` or
-``(N, d1, ...)``. Internally everything is flattened to rows ``(M, C)``.
+``(N, d1, ...)``, or class probabilities of ``logits``' shape where a loss accepts them
+(``probs=True`` in :func:`as_rows`). Internally everything is flattened to rows ``(M, C)``.
 
 Conventions: ``weight`` (per class, ``(C,)``), ``ignore_index`` (rows with that target count
 nowhere: not in the loss, not in the label-smoothing term, not in the mean's denominator),
 ``reduction`` in ``"none" | "mean" | "sum"``, ``label_smoothing`` in ``[0, 1]``. The mean is
 ``sum_i w_{y_i} l_i / sum_i w_{y_i}`` over kept rows, as in torch; a batch with every row
-ignored gives 0 with zero gradient (torch gives NaN).
+ignored gives 0 with zero gradient (torch gives NaN). With probability targets nothing is
+ignored (a class id as ``ignore_index`` raises, as in torch) and the mean divides by the
+number of rows ``M`` (torch's rule).
+
+Value checks (a target id out of range, say) run in eager mode only: under
+``torch.compile`` they are skipped (:func:`checking_values`), as torch's own kernels skip
+them, so that no data-dependent branch breaks the graph.
 """
 
 from __future__ import annotations
@@ -25,13 +32,16 @@ REDUCTIONS = ("none", "mean", "sum")
 
 @dataclass(frozen=True)
 class Rows:
-    """Logits as rows ``(M, C)``, safe targets ``(M,)`` (ignored -> 0), ``keep`` mask and the
-    batch shape for ``reduction="none"``."""
+    """Logits as rows ``(M, C)``, safe targets ``(M,)`` (ignored -> 0), ``keep`` mask, the
+    batch shape for ``reduction="none"`` and, for probability targets, their rows."""
 
     logits: torch.Tensor
     target: torch.Tensor
     keep: torch.Tensor
     batch_shape: torch.Size
+    #: class-probability targets ``(M, C)`` (then ``target`` is all 0 and ``keep`` all True),
+    #: or ``None`` for class indices
+    probs: torch.Tensor | None = None
 
     @property
     def n_classes(self) -> int:
@@ -56,28 +66,70 @@ def check_label_smoothing(label_smoothing: object) -> float:
     return float(label_smoothing)
 
 
+def checking_values() -> bool:
+    """Whether checks that read tensor values run: in eager mode, not under
+    ``torch.compile`` (where a data-dependent branch would break the graph)."""
+    return not torch.compiler.is_compiling()
+
+
+def _to_rows(x: torch.Tensor) -> torch.Tensor:
+    """torch's layout (class dimension 1, or the only one) -> rows ``(M, C)``."""
+    return x[None] if x.dim() == 1 else x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
 def as_rows(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
-            name: str = "logits") -> Rows:
+            name: str = "logits", probs: bool = False) -> Rows:
     """Validate ``logits``/``target`` in torch's layout and flatten to rows (float16 and
-    bfloat16 logits are upcast to float32)."""
+    bfloat16 logits are upcast to float32). With ``probs=True`` a floating ``target`` of
+    ``logits``' shape holds class probabilities (an integer one still holds class ids)."""
     check_input(logits, name)
     if logits.dim() == 0:
         raise ValueError(f"{name} must have a class dimension, got a 0-dim tensor")
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # losses compute in float32; callers cast the result back
-    if logits.dim() == 1:
-        rows, batch_shape = logits[None], torch.Size()
-    else:
-        batch_shape = logits.shape[:1] + logits.shape[2:]
-        rows = logits.movedim(1, -1).reshape(-1, logits.shape[1])
+    rows = _to_rows(logits)
+    batch_shape = torch.Size() if logits.dim() == 1 else logits.shape[:1] + logits.shape[2:]
+    if probs and isinstance(target, torch.Tensor) and target.is_floating_point():
+        q = check_probs(target, logits.shape, batch_shape, ignore_index, name)
+        m = rows.shape[0]
+        return Rows(rows, torch.zeros(m, dtype=torch.long, device=rows.device),
+                    torch.ones(m, dtype=torch.bool, device=rows.device), batch_shape,
+                    _to_rows(q).to(device=rows.device, dtype=rows.dtype))
     t, keep = check_target(target, batch_shape, rows.shape[-1], ignore_index,
                            f"{name} shape {tuple(logits.shape)}, class dimension 1")
     return Rows(rows, t.to(rows.device), keep.to(rows.device), batch_shape)
 
 
+def check_probs(target: torch.Tensor, shape: torch.Size, batch_shape: torch.Size,
+                ignore_index: int, name: str) -> torch.Tensor:
+    """A floating ``target`` of class probabilities: same shape as ``name`` (``shape``).
+    Its values are not checked (torch does not either). ``ignore_index`` does not apply: a
+    negative one (the default -100) is ignored, a class id raises (as in torch)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    if ignore_index >= 0:
+        raise ValueError(
+            f"ignore_index={ignore_index} is not supported for class-probability targets "
+            f"(no row is ignored; torch rejects it too): leave it negative, e.g. -100"
+        )
+    if target.shape == shape:
+        return target
+    if target.shape == batch_shape:
+        raise TypeError(
+            f"target must hold integer class indices of shape {tuple(batch_shape)} or class "
+            f"probabilities of {name}'s shape {tuple(shape)}; got dtype {target.dtype} of "
+            f"shape {tuple(target.shape)}"
+        )
+    raise ValueError(
+        f"target of class probabilities must have {name}'s shape {tuple(shape)}, got shape "
+        f"{tuple(target.shape)}"
+    )
+
+
 def check_target(target: object, shape: torch.Size, n_classes: int, ignore_index: int,
                  where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flattened class ids (ignored rows set to 0) and the mask of kept rows."""
+    """Flattened class ids (ignored rows set to 0) and the mask of kept rows (ids out of
+    range raise ``ValueError`` in eager mode; see :func:`checking_values`)."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a tensor of class indices, got {type(target).__name__}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -91,7 +143,7 @@ def check_target(target: object, shape: torch.Size, n_classes: int, ignore_index
     t = target.reshape(-1)
     keep = t != ignore_index
     bad = keep & ((t < 0) | (t >= n_classes))
-    if bool(bad.any()):
+    if checking_values() and bool(bad.any()):
         raise ValueError(
             f"target values must be in [0, {n_classes}) or ignore_index={ignore_index}, "
             f"got {t[bad][0].item()}"
@@ -116,7 +168,10 @@ def nll_rows(logp: torch.Tensor, rows: Rows, weight: torch.Tensor | None,
 
     ``loss_i = (1 - e) w_{y_i} (-log p_{i,y_i}) + (e / C) sum_c w_c (-log p_{i,c})`` for kept
     rows, 0 for ignored ones (torch's definition of label smoothing with class weights).
+    Probability targets go to :func:`soft_nll_rows`.
     """
+    if rows.probs is not None:
+        return soft_nll_rows(logp, rows.probs, weight, label_smoothing)
     picked = -logp.gather(-1, rows.target[:, None])[:, 0]
     w_rows = torch.ones_like(picked) if weight is None else weight[rows.target]
     loss = picked * w_rows
@@ -126,6 +181,21 @@ def nll_rows(logp: torch.Tensor, rows: Rows, weight: torch.Tensor | None,
         loss = (1 - label_smoothing) * loss + (label_smoothing / rows.n_classes) * smooth
     zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
     return torch.where(rows.keep, loss, zero), torch.where(rows.keep, w_rows, zero)
+
+
+def soft_nll_rows(logp: torch.Tensor, probs: torch.Tensor, weight: torch.Tensor | None,
+                  label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row loss and per-row weight (all 1: the mean divides by the number of rows) of
+    the cross-entropy against class probabilities ``q = (1 - e) y + e / C``:
+    ``loss_i = -sum_c w_c q_ic log p_ic``, with ``0 * log 0 = 0`` (an excluded class with
+    ``q = 0`` adds nothing, also not NaN, and passes no gradient; NaN stays NaN)."""
+    q = probs
+    if label_smoothing > 0:
+        q = (1 - label_smoothing) * q + label_smoothing / q.shape[-1]
+    logp = torch.where((q == 0) & (logp == float("-inf")), 0.0, logp)
+    terms = q * logp if weight is None else q * logp * weight
+    loss = -terms.sum(-1)
+    return loss, torch.ones_like(loss)
 
 
 def reduce(loss: torch.Tensor, w_rows: torch.Tensor, batch_shape: torch.Size,
@@ -144,7 +214,11 @@ def reduce(loss: torch.Tensor, w_rows: torch.Tensor, batch_shape: torch.Size,
 def weighted_reduce(loss: torch.Tensor, weight: torch.Tensor | None, rows: Rows,
                     reduction: str) -> torch.Tensor:
     """Reduce per-row losses ``(M,)``, each multiplied by its target's class weight;
-    ignored rows count nowhere."""
+    ignored rows count nowhere. For probability targets ``y_i`` a row's weight is
+    ``<w, y_i>`` and the mean divides by the number of rows."""
+    if rows.probs is not None:
+        w_rows = torch.ones_like(loss) if weight is None else rows.probs @ weight.to(loss.dtype)
+        return reduce(loss * w_rows, torch.ones_like(loss), rows.batch_shape, reduction)
     w_rows = torch.ones_like(loss) if weight is None else weight.to(loss.dtype)[rows.target]
     zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
     return reduce(torch.where(rows.keep, loss * w_rows, zero),

@@ -38,13 +38,22 @@ def cross_entropy(
 
     .. math:: \ell_i = -w_{y_i} \log p_{y_i}(z_i), \quad p = \texttt{mapping}(z)
 
+    or, for class probabilities :math:`y_i` (smoothed to :math:`(1-\epsilon) y_i +
+    \epsilon / C`), :math:`\ell_i = -\sum_c w_c\, y_{ic} \log p_c(z_i)`, where
+    ``reduction="mean"`` divides by the number of rows and ``ignore_index`` does not apply
+    (it must stay negative; torch's rules); :math:`0 \log 0 = 0`, so a masked class with
+    :math:`y = 0` adds nothing.
+
     With ``mapping="softmax"`` it equals ``torch.nn.functional.cross_entropy`` in value and
     gradient for every combination of ``weight``, ``ignore_index``, ``reduction`` and
-    ``label_smoothing`` (and gives 0, not NaN, when every row is ignored).
+    ``label_smoothing``, for both kinds of target (and gives 0, not NaN, when every row is
+    ignored). Under ``torch.compile`` the check of target ids against the class range is
+    skipped (as in torch's kernels).
 
     Args:
         logits: ``(C,)``, ``(N, C)`` or ``(N, C, d1, ...)`` (class dimension 1, as torch).
-        target: class indices ``()``, ``(N,)`` or ``(N, d1, ...)``.
+        target: class indices ``()``, ``(N,)`` or ``(N, d1, ...)`` (an integer tensor), or
+            class probabilities of ``logits``' shape (a floating tensor, e.g. mixup targets).
         mapping: registry name (``softmax``, ``taylor_softmax``, ``spherical_softmax``,
             ``sigsoftmax``, ``activation_normalize``, ...); ``**mapping_params`` go to it.
         weight: per-class weights ``(C,)``.
@@ -55,10 +64,12 @@ def cross_entropy(
         tensor(0.1698)
         >>> cross_entropy(z, t, mapping="taylor_softmax", order=2)
         tensor(0.2624)
+        >>> cross_entropy(z, torch.tensor([[0.8, 0.2, 0.0]]))  # class probabilities
+        tensor(0.5698)
     """
     reduction = check_reduction(reduction)
     label_smoothing = check_label_smoothing(label_smoothing)
-    rows = as_rows(logits, target, ignore_index)
+    rows = as_rows(logits, target, ignore_index, probs=True)
     w = class_weights(weight, rows.n_classes, rows.logits)
     logp = log_probs(mapping, rows.logits, mapping_params)
     loss, w_rows = nll_rows(logp, rows, w, label_smoothing)

@@ -64,16 +64,22 @@ def fenchel_young_loss(
     .. math:: \ell(z, q) = \langle z, p - q\rangle + H_\alpha(p) - H_\alpha(q),
               \quad p = \texttt{mapping}(z), \quad \nabla_z \ell = p - q
 
-    with :math:`q` the one-hot target (smoothed by ``label_smoothing``) and :math:`H_\alpha`
-    the Tsallis entropy: ``sparsemax`` (alpha 2), ``entmax15`` (1.5) or ``entmax`` (its
-    ``alpha``, a float; alpha 1 gives the softmax cross-entropy). Non-negative, zero exactly
-    when ``p == q``. A row's class weight multiplies its whole loss. Layout and other
-    arguments as :func:`softmaxlab.losses.cross_entropy`.
+    with :math:`q` the one-hot target, or the target's class probabilities (a floating
+    ``target`` of ``logits``' shape, on the simplex; not checked), smoothed by
+    ``label_smoothing``, and :math:`H_\alpha` the Tsallis entropy: ``sparsemax`` (alpha 2),
+    ``entmax15`` (1.5) or ``entmax`` (its ``alpha``, a float; alpha 1 gives the softmax
+    cross-entropy). Non-negative, zero exactly when ``p == q``. A row's class weight
+    multiplies its whole loss (for probabilities :math:`y`: :math:`\langle w, y\rangle`,
+    and ``"mean"`` divides by the number of rows, as in
+    :func:`softmaxlab.losses.cross_entropy`; no gradient flows to the target). Layout and
+    other arguments as there.
 
     Example:
         >>> z = torch.tensor([[-2.0, 0.0, 0.5]])
         >>> fenchel_young_loss(z, torch.tensor([2]))  # sparsemax [0, .25, .75]
         tensor(0.0625)
+        >>> fenchel_young_loss(z, torch.tensor([[0.0, 0.25, 0.75]]))  # q = p: zero loss
+        tensor(0.)
     """
     if mapping not in FY_MAPPINGS:
         raise ValueError(f"mapping must be one of {list(FY_MAPPINGS)}, got {mapping!r}")
@@ -86,12 +92,12 @@ def fenchel_young_loss(
             alpha, numbers.Real
         ):
             raise TypeError(f"alpha must be a float for fenchel_young_loss, got {alpha!r}")
-    rows = as_rows(logits, target, ignore_index)
+    rows = as_rows(logits, target, ignore_index, probs=True)
     w = class_weights(weight, rows.n_classes, rows.logits)
     z = rows.logits
     with torch.no_grad():
         p = get_mapping(mapping).fn(z.detach(), -1, **mapping_params)
-    q = rows.onehot()
+    q = rows.onehot() if rows.probs is None else rows.probs
     if label_smoothing > 0:
         q = (1 - label_smoothing) * q + label_smoothing / rows.n_classes
     loss = _FenchelYoung.apply(z, q, p, alpha)

@@ -6,7 +6,7 @@ import torch
 
 from .._checks import check_real
 from ..functional._common import check_input
-from ._common import check_reduction
+from ._common import check_reduction, checking_values
 
 
 def _edges(graph, n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -32,10 +32,11 @@ def _edges(graph, n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     else:
         raise TypeError(f"graph must be an adjacency tensor or (edge_index, edge_weight), got "
                         f"{type(graph).__name__}")
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-        raise ValueError(f"graph node ids must be in [0, {n})")
-    if bool((weight < 0).any()):
-        raise ValueError("graph edge weights must be >= 0")
+    if checking_values():  # value checks: eager mode only (no graph break under compile)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+            raise ValueError(f"graph node ids must be in [0, {n})")
+        if bool((weight < 0).any()):
+            raise ValueError("graph edge weights must be >= 0")
     return index[0].to(like.device), index[1].to(like.device), weight.to(like.device, like.dtype)
 
 
@@ -60,6 +61,11 @@ def graph_tv_penalty(
             ``(edge_index (2, E), edge_weight (E,))``.
         weight: :math:`\lambda \ge 0`.
         reduction: over the rows of ``probs``: ``"mean"``, ``"sum"`` or ``"none"`` (``(*)``).
+
+    Under ``torch.compile`` pass the edge list (``edge_index = A.nonzero().T``, computed
+    once outside): a dense adjacency needs ``nonzero`` (a data-dependent shape, a graph
+    break) and dynamo does not trace sparse tensors. The checks of node ids and weights
+    run in eager mode only.
 
     Example:
         >>> p = torch.tensor([[0.7, 0.2, 0.1]])

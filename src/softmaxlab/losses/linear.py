@@ -14,6 +14,7 @@ from ._common import (
     check_label_smoothing,
     check_reduction,
     check_target,
+    checking_values,
     class_weights,
     nll_rows,
 )
@@ -62,6 +63,29 @@ def _chunk(h, w, b, t, keep, cw, opts: _Options, buf, fast, scale=None):
             return loss, None
         (g,) = torch.autograd.grad((loss * scale).sum(), logits)
     return loss.detach(), g
+
+
+def _chunk_loss(h, w, b, t, keep, cw, opts: _Options):
+    """Per-row losses of one chunk of rows as plain differentiable ops."""
+    acc = torch.float32 if h.dtype in LOW_PRECISION else h.dtype
+    logits = (h @ w.T).to(acc)
+    logits = logits if b is None else logits + b.to(acc)
+    rows = Rows(logits, t, keep, torch.Size([h.shape[0]]))
+    return nll_rows(log_probs(opts.mapping, logits, dict(opts.params)), rows, cw,
+                    opts.label_smoothing)[0]
+
+
+def _compiled(h, w, b, t, keep, cw, denom, opts: _Options):
+    """What ``torch.compile`` traces instead of :class:`_LinearCrossEntropy` (whose
+    per-chunk ``torch.autograd.grad`` dynamo cannot trace): the same chunks, each under
+    ``torch.utils.checkpoint`` so its logits are recomputed in backward, not kept."""
+    n, cs = h.shape[0], opts.chunk_size
+    loss = torch.cat([
+        torch.utils.checkpoint.checkpoint(_chunk_loss, h[s:s + cs], w, b, t[s:s + cs],
+                                          keep[s:s + cs], cw, opts, use_reentrant=False)
+        for s in range(0, n, cs)
+    ])
+    return loss if opts.reduction == "none" else loss.sum() / denom
 
 
 def _add_grads(g, h, w, rows, gh, gw, gb):
@@ -123,7 +147,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, g):
         if ctx.eager:
             grads = ctx.saved_tensors
-            one = bool(g == 1)  # loss.backward(): hand over the saved gradients, no copy
+            # loss.backward() (eager): hand over the saved gradients, no copy; under
+            # torch.compile always scale (no data-dependent branch)
+            one = checking_values() and bool(g == 1)
             return *(x if x is None or one else x * g for x in grads), *([None] * 5)
         h, w, b, t, keep, cw = ctx.saved_tensors
         opts, n, cs = ctx.opts, h.shape[0], ctx.opts.chunk_size
@@ -214,6 +240,7 @@ def linear_cross_entropy(
     denom = torch.where(denom != 0, denom, torch.ones_like(denom))
     opts = _Options(mapping, tuple(sorted(mapping_params.items())), ignore_index, reduction,
                     label_smoothing, chunk_size)
-    out = _LinearCrossEntropy.apply(h, weight, bias, t, keep, cw, denom, opts)
+    apply = _compiled if torch.compiler.is_compiling() else _LinearCrossEntropy.apply
+    out = apply(h, weight, bias, t, keep, cw, denom, opts)
     out = out.reshape(target.shape) if reduction == "none" else out
     return out.to(hidden.dtype)

@@ -13,6 +13,7 @@ from ._common import (
     as_rows,
     check_label_smoothing,
     check_reduction,
+    checking_values,
     class_weights,
     weighted_reduce,
 )
@@ -20,8 +21,9 @@ from .cross_entropy import rows_cross_entropy, soft_margin_loss
 
 
 def _check_cosine(rows) -> None:
+    """``ValueError`` for a cosine outside ``[-1, 1]`` (eager mode only: a value check)."""
     c = rows.logits.detach()
-    if bool((c.abs() > 1 + 1e-3).any()):
+    if checking_values() and bool((c.abs() > 1 + 1e-3).any()):
         raise ValueError(
             f"cosine must lie in [-1, 1] (use softmaxlab.nn.CosineClassifier), got a value "
             f"{c[c.abs() > 1 + 1e-3][0].item()}"
@@ -129,13 +131,19 @@ def arcface_loss(
                               ).to(cosine.dtype)
 
 
-def hsic(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def hsic(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     r"""Hilbert-Schmidt independence criterion with linear kernels over the rows:
     :math:`\mathrm{tr}(K_a H K_b H)/(n-1)^2 = \|\bar a^\top \bar b\|_F^2/(n-1)^2`, with
-    :math:`\bar a, \bar b` the column-centred ``(n, *)`` matrices."""
-    n = a.shape[0]
-    ac, bc = a - a.mean(0), b - b.mean(0)
-    return (ac.T @ bc).square().sum() / max(n - 1, 1) ** 2
+    :math:`\bar a, \bar b` the column-centred ``(n, *)`` matrices; with ``keep`` (bool
+    ``(n,)``) over the kept rows only (no boolean indexing, so no data-dependent shape)."""
+    if keep is None:
+        keep = torch.ones(a.shape[0], dtype=torch.bool, device=a.device)
+    k = keep.to(a.dtype)[:, None]
+    n = k.sum()
+    safe_n = n.clamp(min=1)
+    ac = (a - (a * k).sum(0) / safe_n) * k
+    bc = (b - (b * k).sum(0) / safe_n) * k
+    return (ac.T @ bc).square().sum() / (n - 1).clamp(min=1) ** 2
 
 
 def ensemble_soft_margin_loss(
@@ -185,6 +193,6 @@ def ensemble_soft_margin_loss(
         return loss
     rows = [as_rows(z, target, ignore_index) for z in logits_list]
     keep = rows[0].keep
-    pairs = [hsic(rows[i].logits[keep], rows[j].logits[keep])
+    pairs = [hsic(rows[i].logits, rows[j].logits, keep)
              for i in range(k) for j in range(i + 1, k)]
     return loss + lam * torch.stack(pairs).mean().to(loss.dtype)
