@@ -15,7 +15,10 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["Param", "Mapping", "register", "get_mapping", "mapping_of", "mappings"]
+from ._validation import checks_values
+
+__all__ = ["Param", "Mapping", "register", "get_mapping", "log_mapping_names", "mapping_of",
+           "mappings", "resolve_log_mapping"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class Param:
                 raise TypeError(f"{self.name} must be {self.description}, got a tensor")
             if not value.is_floating_point():
                 raise TypeError(f"{self.name} must be a floating-point tensor, got {value.dtype}")
-            if not bool(self.check(value.detach())):
+            if checks_values() and not bool(self.check(value.detach())):
                 raise ValueError(f"{self.name} must be {self.description}, got {value}")
             return value
         if isinstance(value, bool) or not isinstance(value, self.types):
@@ -54,16 +57,18 @@ class Param:
         return value
 
 
+def positive_finite(v: Any) -> bool:
+    """``v > 0`` and finite (every entry of a tensor); a module-level function, so records
+    holding it pickle."""
+    if isinstance(v, torch.Tensor):
+        return bool(((v > 0) & torch.isfinite(v)).all())
+    return v > 0 and math.isfinite(v)
+
+
 def positive_real(name: str, default: float, *, tensor: bool = True, **kw: Any) -> Param:
     """A strictly positive, finite real parameter (float, int, or a floating tensor)."""
-
-    def check(v: Any) -> bool:
-        if isinstance(v, torch.Tensor):
-            return bool(((v > 0) & torch.isfinite(v)).all())
-        return v > 0 and math.isfinite(v)
-
     types = (numbers.Real, torch.Tensor) if tensor else (numbers.Real,)
-    return Param(name, default, types, check, "a finite number > 0", **kw)
+    return Param(name, default, types, positive_finite, "a finite number > 0", **kw)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,11 @@ class Mapping:
     summary: str = ""
     formula: str = ""
     extra: dict = field(default_factory=dict)
+
+    def __reduce__(self):
+        # A record pickles (and deep-copies) as its registry lookup: modules that hold one
+        # (MixtureOfSoftmaxes, DecoupledOutput, ...) pickle, and it stays the one record.
+        return get_mapping, (self.name,)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -137,3 +147,34 @@ def get_mapping(name: str) -> Mapping:
         raise ValueError(
             f"unknown mapping {name!r}; valid names: {', '.join(_REGISTRY)}"
         ) from None
+
+
+def log_mapping_names() -> list[str]:
+    """Mappings that define a likelihood: normalized, with a log form."""
+    return [m.name for m in mappings() if m.log_fn is not None and m.normalized]
+
+
+def resolve_log_mapping(name: Any, params: dict[str, Any]) -> Mapping:
+    """The registry record of a normalized mapping with a log form, ``params`` validated
+    against its :class:`~softmaxlab.Param` records (``mask`` is always accepted)."""
+    valid = log_mapping_names()
+    if not isinstance(name, str) or name not in valid:
+        natural = ""
+        if isinstance(name, str) and name in {m.name for m in mappings()}:
+            natural = f" ({name!r} has none; its natural loss is {get_mapping(name).loss!r})"
+        raise ValueError(
+            f"mapping must be a normalized mapping with a log form, one of "
+            f"{', '.join(map(repr, valid))}; got {name!r}{natural}"
+        )
+    m = get_mapping(name)
+    known = {p.name for p in m.params}
+    for key, value in params.items():
+        if key == "mask":
+            continue
+        if key not in known:
+            raise TypeError(
+                f"mapping {name!r} has no parameter {key!r} "
+                f"(its parameters: {', '.join(sorted(known)) or 'none'})"
+            )
+        m.param(key).validate(value)
+    return m

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._checks import check_int
+from ._validation import check_int
 from ._registry import Mapping, get_mapping
-from .functional._common import check_input
+from ._validation import check_input
 
 __all__ = [
     "Reliability",

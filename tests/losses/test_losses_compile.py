@@ -16,7 +16,7 @@ import torch
 
 import softmaxlab as sl
 from softmaxlab import losses as L
-from softmaxlab.losses._common import checking_values
+from softmaxlab.losses._common import checks_values
 
 F64 = torch.float64
 #: raised inside torch's own tracing machinery, not by softmaxlab
@@ -135,8 +135,6 @@ def test_cross_entropy_every_log_mapping_compiles(mapping):
     _check_compiled(fn, (_z(4, 5) + 0.1, _probs()), "aot_eager", dict(rtol=1e-12, atol=1e-13))
 
 
-@pytest.mark.xfail(strict=True, reason="mapping entmax not yet compile-friendly "
-                   "(bool(is_one.any()) in functional/sparsemax.py)")
 def test_fenchel_young_entmax_bisection_compiles():
     def fn(z):
         return L.fenchel_young_loss(z, T_IGNORED, mapping="entmax", alpha=1.5, weight=W)
@@ -152,11 +150,11 @@ def test_cross_entropy_with_inductor():
 
 
 def test_value_checks_are_eager_only():
-    assert checking_values()
-    f = torch.compile(lambda x: x + 1 if checking_values() else x - 1, fullgraph=True,
+    assert checks_values()
+    f = torch.compile(lambda x: x + 1 if checks_values() else x - 1, fullgraph=True,
                       backend="aot_eager")
     assert f(torch.zeros(1)).item() == -1.0
-    assert checking_values()
+    assert checks_values()
 
 
 def test_value_checks_still_raise_in_eager():

@@ -14,7 +14,7 @@ ignored (a class id as ``ignore_index`` raises, as in torch) and the mean divide
 number of rows ``M`` (torch's rule).
 
 Value checks (a target id out of range, say) run in eager mode only: under
-``torch.compile`` they are skipped (:func:`checking_values`), as torch's own kernels skip
+``torch.compile`` they are skipped (:func:`checks_values`), as torch's own kernels skip
 them, so that no data-dependent branch breaks the graph.
 """
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..functional._common import check_input
+from .._validation import check_input, checks_values
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -64,12 +64,6 @@ def check_label_smoothing(label_smoothing: object) -> float:
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     return float(label_smoothing)
-
-
-def checking_values() -> bool:
-    """Whether checks that read tensor values run: in eager mode, not under
-    ``torch.compile`` (where a data-dependent branch would break the graph)."""
-    return not torch.compiler.is_compiling()
 
 
 def _to_rows(x: torch.Tensor) -> torch.Tensor:
@@ -129,7 +123,7 @@ def check_probs(target: torch.Tensor, shape: torch.Size, batch_shape: torch.Size
 def check_target(target: object, shape: torch.Size, n_classes: int, ignore_index: int,
                  where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Flattened class ids (ignored rows set to 0) and the mask of kept rows (ids out of
-    range raise ``ValueError`` in eager mode; see :func:`checking_values`)."""
+    range raise ``ValueError`` in eager mode; see :func:`checks_values`)."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a tensor of class indices, got {type(target).__name__}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -143,7 +137,7 @@ def check_target(target: object, shape: torch.Size, n_classes: int, ignore_index
     t = target.reshape(-1)
     keep = t != ignore_index
     bad = keep & ((t < 0) | (t >= n_classes))
-    if checking_values() and bool(bad.any()):
+    if checks_values() and bool(bad.any()):
         raise ValueError(
             f"target values must be in [0, {n_classes}) or ignore_index={ignore_index}, "
             f"got {t[bad][0].item()}"

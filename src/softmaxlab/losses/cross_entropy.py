@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_real, log_mapping
+from .._registry import resolve_log_mapping
+from .._validation import check_real
 from ._common import (
     as_rows,
     check_label_smoothing,
@@ -20,7 +21,7 @@ from ._common import (
 def log_probs(name: str, logits: torch.Tensor, params: dict) -> torch.Tensor:
     """Log-probabilities of mapping ``name`` along the last dim (``ValueError`` when the
     mapping has no log form)."""
-    return log_mapping(name, params).log_fn(logits, -1, **params)
+    return resolve_log_mapping(name, params).log_fn(logits, -1, **params)
 
 
 def cross_entropy(

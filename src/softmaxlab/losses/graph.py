@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_real
-from ..functional._common import check_input
-from ._common import check_reduction, checking_values
+from .._validation import check_real
+from .._validation import check_input
+from .._validation import checks_values
+from ._common import check_reduction
 
 
 def _edges(graph, n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -32,7 +33,7 @@ def _edges(graph, n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     else:
         raise TypeError(f"graph must be an adjacency tensor or (edge_index, edge_weight), got "
                         f"{type(graph).__name__}")
-    if checking_values():  # value checks: eager mode only (no graph break under compile)
+    if checks_values():  # value checks: eager mode only (no graph break under compile)
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
             raise ValueError(f"graph node ids must be in [0, {n})")
         if bool((weight < 0).any()):

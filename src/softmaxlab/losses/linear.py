@@ -7,14 +7,15 @@ from dataclasses import dataclass
 import torch
 
 from .. import kernels
-from .._checks import check_int
-from ..functional._common import LOW_PRECISION, check_input
+from .._validation import check_int
+from .._constants import LOW_PRECISION
+from .._validation import check_input
+from .._validation import checks_values
 from ._common import (
     Rows,
     check_label_smoothing,
     check_reduction,
     check_target,
-    checking_values,
     class_weights,
     nll_rows,
 )
@@ -149,7 +150,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grads = ctx.saved_tensors
             # loss.backward() (eager): hand over the saved gradients, no copy; under
             # torch.compile always scale (no data-dependent branch)
-            one = checking_values() and bool(g == 1)
+            one = checks_values() and bool(g == 1)
             return *(x if x is None or one else x * g for x in grads), *([None] * 5)
         h, w, b, t, keep, cw = ctx.saved_tensors
         opts, n, cs = ctx.opts, h.shape[0], ctx.opts.chunk_size

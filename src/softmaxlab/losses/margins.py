@@ -7,13 +7,13 @@ import math
 
 import torch
 
-from .._checks import check_real
-from ..functional._common import check_input
+from .._validation import check_real
+from .._validation import check_input
+from .._validation import checks_values
 from ._common import (
     as_rows,
     check_label_smoothing,
     check_reduction,
-    checking_values,
     class_weights,
     weighted_reduce,
 )
@@ -23,7 +23,7 @@ from .cross_entropy import rows_cross_entropy, soft_margin_loss
 def _check_cosine(rows) -> None:
     """``ValueError`` for a cosine outside ``[-1, 1]`` (eager mode only: a value check)."""
     c = rows.logits.detach()
-    if checking_values() and bool((c.abs() > 1 + 1e-3).any()):
+    if checks_values() and bool((c.abs() > 1 + 1e-3).any()):
         raise ValueError(
             f"cosine must lie in [-1, 1] (use softmaxlab.nn.CosineClassifier), got a value "
             f"{c[c.abs() > 1 + 1e-3][0].item()}"

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_int
-from ..functional._common import check_input
+from .._validation import check_int
+from .._validation import check_input
 from ._common import check_reduction, check_target, reduce
 
 NEG_INF = float("-inf")

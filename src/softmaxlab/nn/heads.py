@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import functional as SF
-from .._checks import check_bool, check_int, check_real, log_mapping
+from .._registry import resolve_log_mapping
+from .._validation import check_bool, check_int, check_real
 from .._registry import Mapping
 
 __all__ = ["MixtureOfSoftmaxes", "DoublySparseSoftmax", "DecoupledOutput", "CosineClassifier"]
@@ -116,7 +117,7 @@ class MixtureOfSoftmaxes(nn.Module):
         self.n_classes = check_int("n_classes", n_classes)
         self.n_components = check_int("n_components", n_components)
         check_bool("bias", bias)
-        self._mapping = log_mapping(mapping, mapping_params)
+        self._mapping = resolve_log_mapping(mapping, mapping_params)
         self.mapping = mapping
         self.mapping_params = dict(mapping_params)
         _register_mapping_params(self, mapping_params)
@@ -475,7 +476,7 @@ class DecoupledOutput(nn.Module):
         self.n_classes = check_int("n_classes", n_classes)
         self.dropout = check_real("dropout", dropout, low=0.0, high=1.0, high_open=True)
         check_bool("bias", bias)
-        self._mapping = log_mapping(mapping, mapping_params)
+        self._mapping = resolve_log_mapping(mapping, mapping_params)
         self.mapping = mapping
         self.mapping_params = dict(mapping_params)
         _register_mapping_params(self, mapping_params)

@@ -54,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._checks import check_int
+from ..._validation import check_int
 from ...functional._common import check_input
 from ...losses._common import check_label_smoothing, check_reduction, check_target, class_weights
 from . import _launch as L
