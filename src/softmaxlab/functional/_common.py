@@ -68,7 +68,10 @@ def excluded_entries(z: torch.Tensor) -> torch.Tensor:
 def apply(function: type[torch.autograd.Function], traced: type[torch.autograd.Function], *args):
     """``function.apply(*args)``; while ``torch.compile`` traces, ``traced.apply(*args)``:
     ``function`` without its ``jvp`` (Dynamo cannot trace a custom ``jvp``; forward mode is
-    an eager feature)."""
+    an eager feature). Under ``torch.jit.trace`` the forward is recorded as plain ops (a
+    Python Function cannot be saved in TorchScript; traced modules are for inference)."""
+    if torch.jit.is_tracing():
+        return traced.forward(*args)
     return (traced if torch.compiler.is_compiling() else function).apply(*args)
 
 

@@ -294,6 +294,20 @@ class DoublySparseSoftmax(nn.Module):
         expert, value = self.route(x)
         lead = x.shape[:-1]
         xf, expert, value = x.reshape(-1, self.in_features), expert.reshape(-1), value.reshape(-1)
+        if torch.compiler.is_compiling():  # traced (compile, export): every expert, no branch
+            z = torch.einsum("nd,ecd->nec", xf, self.weight)
+            z = z if self.bias is None else z + self.bias
+            idx = expert[:, None, None].expand(-1, 1, self.n_classes)
+            z = value[:, None] * z.gather(1, idx).squeeze(1)
+            out = SF.log_softmax(z, -1, mask=self.class_mask[expert])
+        else:
+            out = self._expert_log_probs(xf, expert, value)
+        onehot = F.one_hot(expert, self.n_experts).to(value.dtype)
+        self._importance = (onehot * value[:, None]).sum(0)
+        return out.reshape(*lead, self.n_classes)
+
+    def _expert_log_probs(self, xf, expert, value):
+        """Log-probabilities with each row's logits computed by its expert only."""
         order, parts = [], []
         for e, rows in self._expert_rows(expert):
             b = None if self.bias is None else self.bias[e]
@@ -301,12 +315,12 @@ class DoublySparseSoftmax(nn.Module):
             parts.append(SF.log_softmax(z, -1, mask=self.class_mask[e]))
             order.append(rows)
         if parts:
-            out = torch.cat(parts)[torch.argsort(torch.cat(order))]
-        else:  # an empty batch
-            out = xf.new_zeros(0, self.n_classes)
-        onehot = F.one_hot(expert, self.n_experts).to(value.dtype)
-        self._importance = (onehot * value[:, None]).sum(0)
-        return out.reshape(*lead, self.n_classes)
+            return torch.cat(parts)[torch.argsort(torch.cat(order))]
+        return xf.new_zeros(0, self.n_classes)  # an empty batch
+
+    def __getstate__(self):
+        # the last batch's importance is part of its graph, not of the module's state
+        return {**self.__dict__, "_importance": None}
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities: ``forward(x).exp()`` (0 outside the chosen expert's classes)."""
