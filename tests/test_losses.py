@@ -7,7 +7,6 @@ mean's denominator) and the numerical contract of §2.
 from __future__ import annotations
 
 import math
-import zlib
 
 import pytest
 import torch
@@ -21,31 +20,20 @@ from softmaxlab import losses as L
 from softmaxlab.losses import linear as linear_module
 
 from . import loss_refs as R
+from ._helpers import assert_close, gen
+from .tolerances import (
+    LOSS,
+    LOSS_BISECT,
+    LOSS_CHUNKED,
+    LOSS_HUGE,
+    LOSS_VS_TORCH,
+    LOW_FACTOR,
+    Tol,
+)
 
-F64 = torch.float64
+F32, F64 = torch.float32, torch.float64
 REDUCTIONS = ("none", "mean", "sum")
-
-# ------------------------------------------------------------------ tolerances (one table)
-#: The library and the float64 reference evaluate the same formula in a different order.
-TIGHT = dict(rtol=1e-10, atol=1e-12)
-#: alpha-entmax by bisection (n_iter=50): |d tau| <= 2^-50, p = u^q is q-Lipschitz
-#: (q = 1/(alpha-1) <= 4 here), times the loss's O(|z|) sensitivity: well under 1e-10.
-BISECT = dict(rtol=1e-10, atol=1e-10)
-#: Low precision: error vs float64 <= factor * max(error of the naive torch formula in the
-#: same dtype, the rounding of the result itself).
-LOW_FACTOR = 2.0
 LOW_DTYPES = (torch.float16, torch.bfloat16)
-
-
-def gen(*key) -> torch.Generator:
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
-
-
-def close(actual, expected, what="", **tol):
-    tol = tol or TIGHT
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    torch.testing.assert_close(actual.detach().to(F64), expected.detach().to(F64),
-                               msg=lambda m: f"{what}: {m}", **tol)
 
 
 def upstream(out: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -122,9 +110,9 @@ def test_cross_entropy_softmax_equals_torch(layout, weighted, ignore, smoothing,
         # torch divides 0 by 0 here; the contract says 0 with zero gradient
         assert ours.item() == 0.0 and torch.equal(g_ours, torch.zeros_like(x))
     else:
-        close(ours, theirs, "value vs torch", rtol=1e-12, atol=1e-13)
-        close(g_ours, g_theirs, "gradient vs torch", rtol=1e-12, atol=1e-13)
-    close(ours, R.cross_entropy(x, t, **kw), "value vs float64 reference")
+        assert_close(ours, theirs, LOSS_VS_TORCH[F64], "value vs torch")
+        assert_close(g_ours, g_theirs, LOSS_VS_TORCH[F64], "gradient vs torch")
+    assert_close(ours, R.cross_entropy(x, t, **kw), LOSS[F64], "value vs float64 reference")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -157,8 +145,8 @@ def test_label_smoothing_does_not_count_ignored_rows(mapping, smoothing, weighte
         kw = dict(mapping=mapping, weight=w, reduction=reduction, label_smoothing=smoothing)
         full, (g_full,) = grad_of(lambda z: L.cross_entropy(z, t, **kw), x)
         sub, (g_sub,) = grad_of(lambda z: L.cross_entropy(z, t[kept], **kw), x[kept])
-        close(full, sub, f"{reduction}: ignored rows changed the loss")
-        close(g_full[kept], g_sub, f"{reduction}: kept rows' gradient")
+        assert_close(full, sub, LOSS[F64], f"{reduction}: ignored rows changed the loss")
+        assert_close(g_full[kept], g_sub, LOSS[F64], f"{reduction}: kept rows' gradient")
         assert torch.equal(g_full[~kept], torch.zeros_like(g_full[~kept]))
 
 
@@ -209,8 +197,8 @@ def test_cross_entropy_other_mappings_vs_reference(mapping, layout, config):
                             up=up)
     ref, (g_ref,) = grad_of(lambda z: R.cross_entropy(z, t, mapping=name, **kw, **params), x,
                             up=up)
-    close(out, ref, "value")
-    close(g_out, g_ref, "gradient")
+    assert_close(out, ref, LOSS[F64], "value")
+    assert_close(g_out, g_ref, LOSS[F64], "gradient")
 
 
 @pytest.mark.parametrize("mapping", OTHER_MAPPINGS, ids=_mid_ids)
@@ -312,7 +300,7 @@ def _fy_id(c):
 
 
 def fy_tol(alpha, mapping):
-    return BISECT if mapping == "entmax" and alpha not in (1.0, 2.0) else TIGHT
+    return LOSS_BISECT[F64] if mapping == "entmax" and alpha not in (1.0, 2.0) else LOSS[F64]
 
 
 def fy_expected_grad(ps, qs, t, w, ii, reduction, up):
@@ -346,9 +334,9 @@ def test_fenchel_young_vs_reference(case, layout, config):
                         x, up=up)
     ref, ps, qs = R.fenchel_young(x, t, alpha=alpha, **kw)
     tol = fy_tol(alpha, mapping)
-    close(out, ref, "value", **tol)
+    assert_close(out, ref, tol, "value")
     expected = rows_to_layout(fy_expected_grad(ps, qs, t, w, ii, reduction, up), x.shape)
-    close(g, expected, "gradient p - q", **tol)
+    assert_close(g, expected, tol, "gradient p - q")
 
 
 def test_fenchel_young_published_vector():
@@ -382,13 +370,14 @@ def test_fenchel_young_alpha_equivalences():
     w = class_weight(6)
     for reduction in REDUCTIONS:
         kw = dict(weight=w, reduction=reduction)
-        close(L.fenchel_young_loss(x, t, mapping="entmax", alpha=1.5, **kw),
-              L.fenchel_young_loss(x, t, mapping="entmax15", **kw), "alpha 1.5 vs entmax15",
-              **BISECT)
-        close(L.fenchel_young_loss(x, t, mapping="entmax", alpha=2.0, **kw),
-              L.fenchel_young_loss(x, t, mapping="sparsemax", **kw), "alpha 2 vs sparsemax")
-        close(L.fenchel_young_loss(x, t, mapping="entmax", alpha=1.0, **kw),
-              F.cross_entropy(x, t, **kw), "alpha 1 vs softmax cross-entropy")
+        assert_close(L.fenchel_young_loss(x, t, mapping="entmax", alpha=1.5, **kw),
+                     L.fenchel_young_loss(x, t, mapping="entmax15", **kw), LOSS_BISECT[F64],
+                     "alpha 1.5 vs entmax15")
+        assert_close(L.fenchel_young_loss(x, t, mapping="entmax", alpha=2.0, **kw),
+                     L.fenchel_young_loss(x, t, mapping="sparsemax", **kw), LOSS[F64],
+                     "alpha 2 vs sparsemax")
+        assert_close(L.fenchel_young_loss(x, t, mapping="entmax", alpha=1.0, **kw),
+                     F.cross_entropy(x, t, **kw), LOSS[F64], "alpha 1 vs softmax cross-entropy")
 
 
 @pytest.mark.parametrize("case", FY_CASES, ids=_fy_id)
@@ -480,8 +469,8 @@ def test_soft_margin_vs_reference(case, config):
         out, (g,) = grad_of(fn, x, up=up)
         ref, (g_ref,) = grad_of(lambda z: R.soft_margin(z, t, margin=margin, mapping=mapping,
                                                         **kw, **params), x, up=up)
-        close(out, ref, f"value m={margin}")
-        close(g, g_ref, f"gradient m={margin}")
+        assert_close(out, ref, LOSS[F64], f"value m={margin}")
+        assert_close(g, g_ref, LOSS[F64], f"gradient m={margin}")
 
 
 def test_soft_margin_published_formula_single_row():
@@ -505,8 +494,8 @@ def test_soft_margin_zero_margin_is_cross_entropy_and_monotone(case):
     w = class_weight(c)
     for reduction in REDUCTIONS:
         kw = dict(weight=w, reduction=reduction, label_smoothing=0.1)
-        close(L.soft_margin_loss(x, t, margin=0.0, mapping=mapping, **kw, **params),
-              L.cross_entropy(x, t, mapping=mapping, **kw, **params), reduction)
+        assert_close(L.soft_margin_loss(x, t, margin=0.0, mapping=mapping, **kw, **params),
+                     L.cross_entropy(x, t, mapping=mapping, **kw, **params), LOSS[F64], reduction)
     # f_n of SM-Taylor is increasing only right of its minimum (z = -1 for n = 2, about
     # -1.6 for n = 4): put the targets where z_y - m stays there for every margin below
     kept = t != -100
@@ -555,8 +544,8 @@ def test_am_softmax_vs_reference(real, reduction):
         up = upstream(out0, gen("up", reduction))
         out, (g,) = grad_of(lambda c: L.am_softmax_loss(c, t, **kw), cos, up=up)
         ref, (g_ref,) = grad_of(lambda c: R.am_softmax(c, t, **kw), cos, up=up)
-        close(out, ref, f"value s={scale} m={margin}")
-        close(g, g_ref, f"gradient s={scale} m={margin}")
+        assert_close(out, ref, LOSS[F64], f"value s={scale} m={margin}")
+        assert_close(g, g_ref, LOSS[F64], f"gradient s={scale} m={margin}")
 
 
 def test_am_softmax_label_smoothing_is_smoothed_ce_of_shifted_logits():
@@ -564,7 +553,7 @@ def test_am_softmax_label_smoothing_is_smoothed_ce_of_shifted_logits():
     t = torch.tensor([0, 3, -100, 1, 2])
     out = L.am_softmax_loss(cos, t, scale=20.0, margin=0.3, label_smoothing=0.2)
     shifted = 20.0 * (cos - 0.3 * F.one_hot(t.clamp(min=0), 4).to(F64))
-    close(out, R.cross_entropy(shifted, t, label_smoothing=0.2))
+    assert_close(out, R.cross_entropy(shifted, t, label_smoothing=0.2), LOSS[F64])
     with pytest.raises(ValueError, match="label_smoothing"):
         L.am_softmax_loss(cos, t, real=True, label_smoothing=0.2)
 
@@ -578,7 +567,7 @@ def test_real_am_softmax_gradient_vanishes_once_margin_is_met():
     out, (g,) = grad_of(lambda c: L.am_softmax_loss(c, t, margin=m, real=True,
                                                     reduction="none"), cos)
     assert torch.equal(g, torch.zeros_like(cos))
-    close(out, torch.full((6,), math.log(5), dtype=F64), "floor log C")
+    assert_close(out, torch.full((6,), math.log(5), dtype=F64), LOSS[F64], "floor log C")
     # plain AM-softmax still pushes there
     _, (g_am,) = grad_of(lambda c: L.am_softmax_loss(c, t, margin=m), cos)
     assert (g_am.abs() > 0).any()
@@ -620,8 +609,8 @@ def test_arcface_vs_reference(reduction):
         up = upstream(out0, gen("up", reduction))
         out, (g,) = grad_of(lambda c: L.arcface_loss(c, t, **kw), cos, up=up)
         ref, (g_ref,) = grad_of(lambda c: R.arcface(c, t, **kw), cos, up=up)
-        close(out, ref, f"value s={scale} m={margin}")
-        close(g, g_ref, f"gradient s={scale} m={margin}")
+        assert_close(out, ref, LOSS[F64], f"value s={scale} m={margin}")
+        assert_close(g, g_ref, LOSS[F64], f"gradient s={scale} m={margin}")
 
 
 def test_arcface_docstring_value():
@@ -669,8 +658,9 @@ def test_arcface_monotone_across_fallback_boundary():
     # at the boundary: the published fallback's value on both sides
     for y in (boundary - 1e-9, boundary + 1e-9):
         c = torch.tensor([[y, 0.3, -0.2]], dtype=F64)
-        close(L.arcface_loss(c, torch.tensor([0]), scale=scale, margin=margin),
-              R.arcface(c, torch.tensor([0]), scale=scale, margin=margin), f"cos_y={y}")
+        assert_close(L.arcface_loss(c, torch.tensor([0]), scale=scale, margin=margin),
+                     R.arcface(c, torch.tensor([0]), scale=scale, margin=margin), LOSS[F64],
+                     f"cos_y={y}")
 
 
 def test_arcface_gradcheck_away_from_boundary():
@@ -698,7 +688,7 @@ def test_ensemble_diversity_zero_is_mean_of_members():
             out = L.ensemble_soft_margin_loss(zs, t, margin=0.3, weight=w, reduction=reduction)
             ref = torch.stack([R.soft_margin(z, t, margin=0.3, weight=w, reduction=reduction)
                                for z in zs]).mean(0)
-            close(out, ref, f"K={k} {reduction}")
+            assert_close(out, ref, LOSS[F64], f"K={k} {reduction}")
 
 
 def test_hsic_vs_explicit_kernels():
@@ -706,8 +696,8 @@ def test_hsic_vs_explicit_kernels():
     for n, d in ((7, 3), (12, 5), (2, 1)):
         a = torch.randn(n, d, generator=g, dtype=F64)
         b = torch.randn(n, d, generator=g, dtype=F64) + a[:, :1]
-        close(L.hsic(a, b), R.hsic(a, b), f"n={n}")
-        close(L.hsic(a, a), R.hsic(a, a), f"n={n} self")
+        assert_close(L.hsic(a, b), R.hsic(a, b), LOSS[F64], f"n={n}")
+        assert_close(L.hsic(a, a), R.hsic(a, a), LOSS[F64], f"n={n} self")
         assert L.hsic(a, a).item() > 0
 
 
@@ -738,13 +728,13 @@ def test_ensemble_diversity_term():
         base = L.ensemble_soft_margin_loss(zs, t, margin=0.2, reduction=reduction)
         out, grads = grad_of(lambda *z: L.ensemble_soft_margin_loss(
             list(z), t, margin=0.2, diversity=lam, reduction=reduction), *zs)
-        close(out, base + lam * torch.stack(pairs).mean(), reduction)
+        assert_close(out, base + lam * torch.stack(pairs).mean(), LOSS[F64], reduction)
         _, ref_grads = grad_of(lambda *z: torch.stack(
             [R.soft_margin(zz, t, margin=0.2, reduction=reduction) for zz in z]).mean()
             + lam * torch.stack([R.hsic(z[i][kept], z[j][kept]) for i in range(3)
                                  for j in range(i + 1, 3)]).mean(), *zs)
         for k in range(3):
-            close(grads[k], ref_grads[k], f"{reduction} grad member {k}")
+            assert_close(grads[k], ref_grads[k], LOSS[F64], f"{reduction} grad member {k}")
 
 
 def test_ensemble_bad_args():
@@ -783,8 +773,8 @@ def test_sparse_softmax_vs_reference(reduction):
         up = upstream(out0, gen("up", k))
         out, (g,) = grad_of(lambda z: L.sparse_softmax_loss(z, t, **kw), x, up=up)
         ref, (g_ref,) = grad_of(lambda z: R.sparse_softmax(z, t, **kw), x, up=up)
-        close(out, ref, f"k={k}")
-        close(g, g_ref, f"grad k={k}")
+        assert_close(out, ref, LOSS[F64], f"k={k}")
+        assert_close(g, g_ref, LOSS[F64], f"grad k={k}")
 
 
 def test_sparse_softmax_published_example_and_full_k():
@@ -796,8 +786,8 @@ def test_sparse_softmax_published_example_and_full_k():
                - (math.log(math.exp(3) + math.exp(2) + math.exp(-2)) + 2)) < 1e-14
     x, t, ii, c = make_batch("NCdd", "neg100", "ssfull")
     for reduction in REDUCTIONS:
-        close(L.sparse_softmax_loss(x, t, k=c, reduction=reduction),
-              F.cross_entropy(x, t, reduction=reduction), reduction)
+        assert_close(L.sparse_softmax_loss(x, t, k=c, reduction=reduction),
+                     F.cross_entropy(x, t, reduction=reduction), LOSS[F64], reduction)
 
 
 def test_sparse_softmax_gradient_support():
@@ -880,9 +870,9 @@ def test_sampled_losses_vs_reference(loss, kind, reduction):
             out, grads = grad_of(ours, *inputs, up=up)
             exp, ref_grads = grad_of(ref, *inputs, up=up)
             what = f"bias={bias is not None} hits={hits}"
-            close(out, exp, what)
+            assert_close(out, exp, LOSS[F64], what)
             for a, e in zip(grads, ref_grads):
-                close(a, e, what + " grad")
+                assert_close(a, e, LOSS[F64], what + " grad")
             if reduction == "none":
                 assert out[2] == 0
 
@@ -904,13 +894,14 @@ def test_noise_distributions():
     for v in (1, 2, 10, 1000):
         p = L.Noise.log_uniform(v).probs
         assert abs(p.sum().item() - 1) < 1e-12
-        close(p, R.log_uniform_probs(v), f"V={v}")
+        assert_close(p, R.log_uniform_probs(v), LOSS[F64], f"V={v}")
         assert (p.diff() < 0).all()
-        close(L.Noise.uniform(v).probs, torch.full((v,), 1 / v, dtype=F64))
+        assert_close(L.Noise.uniform(v).probs, torch.full((v,), 1 / v, dtype=F64), LOSS[F64])
     counts = torch.tensor([5.0, 0.0, 1.0, 10.0], dtype=F64)
-    close(L.Noise.unigram(counts).probs, counts / 16)
-    close(L.Noise.unigram(counts, power=0.5).probs, counts.sqrt() / counts.sqrt().sum())
-    close(L.Noise.unigram(counts.long()).probs, counts / 16)
+    assert_close(L.Noise.unigram(counts).probs, counts / 16, LOSS[F64])
+    assert_close(L.Noise.unigram(counts, power=0.5).probs, counts.sqrt() / counts.sqrt().sum(),
+                 LOSS[F64])
+    assert_close(L.Noise.unigram(counts.long()).probs, counts / 16, LOSS[F64])
     for bad, err in ((0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)):
         with pytest.raises(err, match="number of classes"):
             L.Noise.log_uniform(bad)
@@ -983,12 +974,12 @@ def test_sampled_ignore_index(fn):
                                                       **kw), h[kept], w)
         if reduction == "none":
             assert (out[~kept] == 0).all()
-            close(out[kept], sub)
+            assert_close(out[kept], sub, LOSS[F64])
         else:
-            close(out, sub, reduction)
+            assert_close(out, sub, LOSS[F64], reduction)
         assert torch.equal(gh[~kept], torch.zeros_like(gh[~kept]))
-        close(gh[kept], gh_s)
-        close(gw, gw_s)
+        assert_close(gh[kept], gh_s, LOSS[F64])
+        assert_close(gw, gw_s, LOSS[F64])
     all_ign = torch.full((5,), -1)
     for reduction in REDUCTIONS:
         out = fn(h, w, all_ign, reduction=reduction, **kw)
@@ -1064,10 +1055,10 @@ def test_linear_cross_entropy_equals_naive(chunk, config, with_bias, reduction):
     up = upstream(naive(*inputs), gen("up", chunk, reduction))
     out, grads = grad_of(ours, *inputs, up=up)
     exp, exp_grads = grad_of(naive, *inputs, up=up)
-    close(out, exp, "value vs naive")
-    close(out, ref(*inputs), "value vs reference")
+    assert_close(out, exp, LOSS[F64], "value vs naive")
+    assert_close(out, ref(*inputs), LOSS[F64], "value vs reference")
     for name, a, e in zip(("hidden", "weight", "bias"), grads, exp_grads):
-        close(a, e, f"grad {name}")
+        assert_close(a, e, LOSS[F64], f"grad {name}")
     if ignored:
         assert torch.equal(grads[0][t == -100], torch.zeros_like(grads[0][t == -100]))
     if reduction == "none" and mapping == "softmax" and not weighted:
@@ -1084,7 +1075,7 @@ def test_linear_cross_entropy_large_bias_never_negative():
         # the float64 loss of the same (rounded) inputs, and the naive formula in dtype
         exp = F.cross_entropy(hh.double() @ ww.double().T + bb.double(), t, reduction="none")
         if dtype == F64:
-            close(out, exp, "float64")
+            assert_close(out, exp, LOSS[F64], "float64")
             continue
         naive = F.cross_entropy(hh @ ww.T + bb, t, reduction="none")
         err = (out.double() - exp).abs().max().item()
@@ -1106,9 +1097,9 @@ def test_linear_cross_entropy_batch_shape(reduction):
         (hh @ ww.T + bb).movedim(-1, 1), t, reduction=reduction, label_smoothing=0.1), h, w, b,
         up=up)
     assert out.shape == exp.shape == (t.shape if reduction == "none" else ())
-    close(out, exp)
+    assert_close(out, exp, LOSS[F64])
     for a, e in zip(grads, exp_grads):
-        close(a, e)
+        assert_close(a, e, LOSS[F64])
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -1143,7 +1134,7 @@ def test_linear_cross_entropy_low_precision():
     err = abs(out.double() - ref).item()
     err_naive = abs(naive.double() - ref).item()
     assert err <= LOW_FACTOR * max(err_naive, u * ref.abs().item()), (err, err_naive)
-    close(out, f32, "close to the float32 computation", rtol=2 * u, atol=0.0)
+    assert_close(out.double(), f32, Tol(2 * u, 0.0), "close to the float32 computation")
     for name, a, e, nv in zip(("hidden", "weight", "bias"), grads, ref_grads, naive_grads):
         err = (a.double() - e).norm().item()
         err_naive = (nv.double() - e).norm().item()
@@ -1179,7 +1170,7 @@ def test_linear_cross_entropy_is_chunked(monkeypatch):
     # chunk size 1 gives the same as one chunk
     a = L.linear_cross_entropy(h, w, t, bias=b, chunk_size=1, reduction="none")
     c = L.linear_cross_entropy(h, w, t, bias=b, chunk_size=N_L, reduction="none")
-    close(a, c, rtol=1e-14, atol=1e-14)
+    assert_close(a, c, LOSS_CHUNKED[F64])
 
 
 def test_linear_cross_entropy_bad_args():
@@ -1227,15 +1218,15 @@ def test_graph_tv_vs_reference(form, reduction):
         out, (gp,) = grad_of(lambda q: L.graph_tv_penalty(q, graph, weight=lam,
                                                           reduction=reduction), p)
         ref, (gr,) = grad_of(lambda q: R.graph_tv(q, EDGES, weight=lam, reduction=reduction), p)
-        close(out, ref, f"lambda={lam}")
-        close(gp, gr, f"grad lambda={lam}")
+        assert_close(out, ref, LOSS[F64], f"lambda={lam}")
+        assert_close(gp, gr, LOSS[F64], f"grad lambda={lam}")
 
 
 def test_graph_tv_forms_agree_and_constant_rows():
     p = torch.softmax(torch.randn(6, V_G, generator=gen("gtv2"), dtype=F64), -1)
     vals = [L.graph_tv_penalty(p, gr, reduction="none") for gr in graph_forms().values()]
-    close(vals[0], vals[1])
-    close(vals[0], vals[2])
+    assert_close(vals[0], vals[1], LOSS[F64])
+    assert_close(vals[0], vals[2], LOSS[F64])
     const = torch.full((4, V_G), 1.0 / V_G, dtype=F64)
     for gr in graph_forms().values():
         assert torch.equal(L.graph_tv_penalty(const, gr, reduction="none"),
@@ -1314,8 +1305,8 @@ def test_minus_inf_padding_equals_slicing(loss):
     for reduction in REDUCTIONS:
         out, (gp,) = grad_of(lambda z: fn(z, tp, reduction=reduction), padded)
         exp, (gs,) = grad_of(lambda z: fn(z, t, reduction=reduction), x)
-        close(out, exp, f"{name} {reduction}")
-        close(gp[:, [0, 1, 4, 5]], gs, f"{name} {reduction} grad")
+        assert_close(out, exp, LOSS[F64], f"{name} {reduction}")
+        assert_close(gp[:, [0, 1, 4, 5]], gs, LOSS[F64], f"{name} {reduction} grad")
         assert torch.equal(gp[:, 2:4], torch.zeros(5, 2, dtype=F64))
 
 
@@ -1325,7 +1316,7 @@ def test_huge_float32_logits():
     expected = torch.tensor([0.0, 2e30, 1e30])
     for name, fn in EXCLUDING_LOSSES:
         out = fn(x, t, reduction="none")
-        close(out, expected, name, rtol=1e-6, atol=0.0)
+        assert_close(out, expected, LOSS_HUGE[F32], name)
     out = L.cross_entropy(x, t, reduction="none")
     assert torch.equal(out, F.cross_entropy(x, t, reduction="none"))
 
@@ -1334,8 +1325,10 @@ def test_linear_cross_entropy_without_grad_and_partial_grads():
     h, w, b, t = lce_inputs("nograd")
     exp = F.cross_entropy(h @ w.T + b, t)
     with torch.no_grad():
-        close(L.linear_cross_entropy(h, w, t, bias=b, chunk_size=5), exp, "no_grad")
-    close(L.linear_cross_entropy(h, w, t, bias=b, chunk_size=5), exp, "no input requires grad")
+        assert_close(L.linear_cross_entropy(h, w, t, bias=b, chunk_size=5), exp, LOSS[F64],
+                     "no_grad")
+    assert_close(L.linear_cross_entropy(h, w, t, bias=b, chunk_size=5), exp, LOSS[F64],
+                 "no input requires grad")
     # only the weight is trained (frozen hidden), and a non-contiguous hidden
     ht = h.T.contiguous().T
     assert not ht.is_contiguous()
@@ -1346,4 +1339,4 @@ def test_linear_cross_entropy_without_grad_and_partial_grads():
         (out * up).sum().backward()
         wr = w.clone().requires_grad_()
         (F.cross_entropy(h @ wr.T + b, t, reduction=reduction) * up).sum().backward()
-        close(wg.grad, wr.grad, reduction)
+        assert_close(wg.grad, wr.grad, LOSS[F64], reduction)
