@@ -6,7 +6,8 @@ defaults, or the defaults with one ``Param.valid`` value swapped in). A newly re
 mapping is therefore covered by the mapping tests (``tests/functional``, ``tests/nn``) without
 editing them once it has a reference in ``tests/oracle/references.py`` (a registry test
 enforces that). A CPU or Triton fast path is not picked up: the kernel tests list their ops
-by hand (``tests/kernels/test_cpu.py`` ``MAPPINGS``, ``tests/kernels/triton`` ``OPS``).
+by hand (``MAPPINGS`` in ``tests/kernels/test_cpu.py``, ``_ops`` in
+``tests/kernels/triton/test_triton.py``).
 
 The few facts the registry does not record are listed once below (domain, size-bounded
 parameters, accuracy-only parameters, parameter values at which a sparse map is dense).

@@ -22,7 +22,7 @@ from hypothesis.extra import numpy as hnp
 import softmaxlab as sl
 from softmaxlab import functional as slf
 
-from ._helpers import (
+from .._helpers import (
     ACCURACY_PARAMS,
     BAD_PARAMS,
     CASES,
@@ -53,8 +53,8 @@ from ._helpers import (
     signature_params,
     smooth_point,
 )
-from .oracle.references import PUBLISHED, REFERENCES, TEST_VECTOR
-from .tolerances import LOW_PRECISION, SUM_ATOL, Tol
+from ..oracle.references import PUBLISHED, REFERENCES, TEST_VECTOR
+from ..tolerances import LOW_PRECISION, SUM_ATOL, Tol
 
 F64 = torch.float64
 

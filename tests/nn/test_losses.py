@@ -14,7 +14,7 @@ import torch
 from softmaxlab import losses as L
 from softmaxlab.nn import losses as NL
 
-from ._helpers import gen
+from .._helpers import gen
 
 F64 = torch.float64
 

@@ -1,5 +1,5 @@
 """The losses of softmaxlab.losses against independent float64 references of the published
-formulas (tests/loss_refs.py), torch where torch has the loss, gradcheck in float64, the
+formulas (tests/oracle/loss_refs.py), torch where torch has the loss, gradcheck in float64, the
 conventions of DESIGN.md §1 (ignored rows count nowhere, also not in label smoothing or the
 mean's denominator) and the numerical contract of §2.
 """
@@ -19,9 +19,9 @@ import softmaxlab as sl
 from softmaxlab import losses as L
 from softmaxlab.losses import linear as linear_module
 
-from . import loss_refs as R
-from ._helpers import assert_close, gen
-from .tolerances import (
+from ..oracle import loss_refs as R
+from .._helpers import assert_close, gen
+from ..tolerances import (
     LOSS,
     LOSS_BISECT,
     LOSS_CHUNKED,

@@ -32,8 +32,8 @@ from softmaxlab import kernels
 from softmaxlab.kernels import cpu
 from softmaxlab.losses import linear_cross_entropy
 
-from ._helpers import NEG_INF, assert_close, gen
-from .tolerances import ORACLE, Tol, ulp
+from .._helpers import NEG_INF, assert_close, gen
+from ..tolerances import ORACLE, Tol, ulp
 
 numba_missing = pytest.mark.skipif(
     cpu.numba_module("sparse", forced=False) is None, reason="numba is not installed")
