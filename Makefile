@@ -1,6 +1,7 @@
 # make run  : create .venv, install the pinned CPU torch (only when no torch is present), the package
 #             with its lab extra, then compare every mapping on digits (report in runs/compare-digits)
-# make test : same set-up, then the full test suite
+# make test : same set-up, then the full test suite (the Triton tests under the Triton interpreter
+#             on CPU; on a CUDA machine natively, then once more under the interpreter)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
@@ -21,6 +22,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2
+	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 tests/kernels/triton; fi
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import zlib
 
 import pytest
 import torch
@@ -15,11 +14,9 @@ import torch
 from softmaxlab import losses as L
 from softmaxlab.nn import losses as NL
 
+from .._helpers import gen
+
 F64 = torch.float64
-
-
-def gen(*key) -> torch.Generator:
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
 N, C, D = 6, 5, 4

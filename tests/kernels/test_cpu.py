@@ -5,7 +5,7 @@ that the CPU kernel is the one chosen) and compared with the same call under
 ``SOFTMAXLAB_BACKEND=reference``, values and gradients:
 
 * float32: against the reference in float64 on the same values, with the float32 tolerance
-  the mapping tests use for the library itself (``BASE_TOL``);
+  the mapping tests use for the library itself (``tolerances.ORACLE``);
 * float16/bfloat16: against the reference in the same dtype (both compute in float32 and
   round): at most one unit in the last place of the dtype apart.
 
@@ -32,7 +32,8 @@ from softmaxlab import kernels
 from softmaxlab.kernels import cpu
 from softmaxlab.losses import linear_cross_entropy
 
-from .conftest import BASE_TOL, NEG_INF, Tol, assert_close, gen
+from .._helpers import NEG_INF, assert_close, gen
+from ..tolerances import ORACLE, Tol, ulp
 
 numba_missing = pytest.mark.skipif(
     not kernels.registry.available("numba"), reason="numba is not installed")
@@ -70,12 +71,6 @@ def two_threads(request, monkeypatch):
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(old)
-
-
-def ulp_tol(dtype: torch.dtype) -> Tol:
-    """One unit in the last place of ``dtype`` (relative), for two float32 results rounded
-    to it."""
-    return Tol(torch.finfo(dtype).eps, 0.0)
 
 
 # ------------------------------------------------------------------------ the mappings
@@ -143,7 +138,7 @@ def assert_as_accurate(out, ref, exact, what: str):
     """float32 ``out`` agrees with the float64 ``exact`` as the library's float32 tolerance
     asks, widened by twice the float32 reference's own worst error (cancellation such as
     ``g - p * sum(g)`` over long rows is the float32 arithmetic's, not the kernel's)."""
-    assert_close(out, exact, BASE_TOL[F32] + 2 * reference_error(ref, exact), what)
+    assert_close(out, exact, ORACLE[F32] + 2 * reference_error(ref, exact), what)
 
 
 def compare(mapping, x: torch.Tensor, dim: int, backend, mask=None):
@@ -164,8 +159,8 @@ def compare(mapping, x: torch.Tensor, dim: int, backend, mask=None):
         assert_as_accurate(out, ref, exact, f"{what}: values")
         assert_as_accurate(grad, ref_grad, exact_grad, f"{what}: gradients")
     else:
-        assert_close(out, ref, ulp_tol(x.dtype), f"{what}: values")
-        assert_close(grad, ref_grad, ulp_tol(x.dtype), f"{what}: gradients")
+        assert_close(out, ref, ulp(x.dtype), f"{what}: values")
+        assert_close(grad, ref_grad, ulp(x.dtype), f"{what}: gradients")
 
 
 @numba_missing
@@ -332,7 +327,7 @@ def test_softmax_double_backward(log, dtype, backend):
 
     fast, ref = hessian_vector(""), hessian_vector("reference")
     for a, e in zip(fast, ref):
-        assert_close(a, e, BASE_TOL[dtype])
+        assert_close(a, e, ORACLE[dtype])
     if dtype == F64:
         backend("")
         assert torch.autograd.gradgradcheck(fn, torch.randn(3, 5, dtype=F64, requires_grad=True))
@@ -376,8 +371,8 @@ def check_topk(x: torch.Tensor, k: int, dim: int, backend, expect: str, ties: bo
         assert_as_accurate(p, ref, exact, "probabilities")
         assert_as_accurate(grad, ref_grad, exact_grad, "gradients")
     else:
-        assert_close(p, ref, ulp_tol(x.dtype), "probabilities")
-        assert_close(grad, ref_grad, ulp_tol(x.dtype), "gradients")
+        assert_close(p, ref, ulp(x.dtype), "probabilities")
+        assert_close(grad, ref_grad, ulp(x.dtype), "gradients")
     finite_rows = ~x.isnan().any(dim, keepdim=True)
     # indices may differ on ties: they must point at the same values
     vals = torch.where(finite_rows, x.gather(dim, idx), 0)
@@ -453,14 +448,14 @@ def test_linear_cross_entropy_softmax_path(options, chunk, reduction, backend):
                                params=()) == "cpu.linear_ce_softmax"
     out, grads = run_lce("", F32)
     exp, exp_grads = run_lce("reference", F64)
-    assert_close(out, exp, BASE_TOL[F32], "loss")
+    assert_close(out, exp, ORACLE[F32], "loss")
     for a, e in zip(grads, exp_grads):
-        assert_close(a, e, BASE_TOL[F32], "gradient")
+        assert_close(a, e, ORACLE[F32], "gradient")
     low, low_grads = run_lce("", torch.bfloat16)
     ref_low, ref_low_grads = run_lce("reference", torch.bfloat16)
-    assert_close(low, ref_low, ulp_tol(torch.bfloat16), "bfloat16 loss")
+    assert_close(low, ref_low, ulp(torch.bfloat16), "bfloat16 loss")
     for a, e in zip(low_grads, ref_low_grads):
-        assert_close(a, e, ulp_tol(torch.bfloat16) + 1e-3, "bfloat16 gradient")
+        assert_close(a, e, ulp(torch.bfloat16) + 1e-3, "bfloat16 gradient")
 
 
 # ------------------------------------------------------------------------ dispatch

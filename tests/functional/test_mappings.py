@@ -3,7 +3,7 @@ DESIGN.md §4, the numerical contract of §2, each bad argument, low precision a
 naive formula, the published test vector, hypothesis properties and the registry itself.
 
 Nothing here names a mapping except where a test is about that mapping (the published
-vector, alpha of entmax): the case lists come from the registry (see conftest.py).
+vector, alpha of entmax): the case lists come from the registry (see _helpers.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hypothesis.extra import numpy as hnp
 import softmaxlab as sl
 from softmaxlab import functional as slf
 
-from .conftest import (
+from .._helpers import (
     ACCURACY_PARAMS,
     BAD_PARAMS,
     CASES,
@@ -40,7 +40,6 @@ from .conftest import (
     SPARSE_CASES,
     TENSOR_PARAM_CASES,
     Case,
-    Tol,
     assert_close,
     assert_normalized,
     distinct_logits,
@@ -54,19 +53,10 @@ from .conftest import (
     signature_params,
     smooth_point,
 )
-from .oracle.references import PUBLISHED, REFERENCES, TEST_VECTOR
+from ..oracle.references import PUBLISHED, REFERENCES, TEST_VECTOR
+from ..tolerances import LOW_PRECISION, SUM_ATOL, Tol
 
 F64 = torch.float64
-
-#: Low precision, ONE table for every case: err_ours <= factor * err_naive + atol, where
-#: err = max |result - oracle(float64 on the same low-precision values)| and err_naive is
-#: the oracle's own formula evaluated in the low-precision dtype. atol is a few ulps of the
-#: dtype near 1 (fp16 ulp(1) ~ 9.8e-4, bf16 ulp(1) ~ 7.8e-3).
-LOW_PRECISION_TOL = {torch.float16: (2.0, 1e-3), torch.bfloat16: (2.0, 8e-3)}
-
-#: |row total - 1| (log form: |logsumexp|) for the sums-to-one checks: a handful of
-#: roundings of the summands (n <= 64 entries, each within half an ulp).
-SUM_ATOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 
 ENTMAX = sl.get_mapping("entmax")
 SIZE_BOUND_CASES = [c for c in DEFAULT_CASES if c.size_bound]
@@ -267,7 +257,7 @@ def test_sparse_exact_zeros(case):
     x = torch.tensor([GAP_ROW, GAP_ROW[::-1]], dtype=F64)
     out = case(x)
     low = x < -10
-    if case.dense_override:  # declared dense at this parameter (conftest.DENSE_AT): check it
+    if case.dense_override:  # declared dense at this parameter (_helpers.DENSE_AT): check it
         assert (out != case.excluded).all(), f"{case} is declared dense here: {out}"
         return
     assert (out[low] == case.excluded).all(), f"{case}: not exactly zero on the gap: {out}"
@@ -476,7 +466,7 @@ def test_tensor_param_keeps_input_dtype(case, param, dtype):
     out = case(x, **{param.name: t})
     assert out.dtype == dtype and out.shape == x.shape
     eps = torch.finfo(dtype).eps  # low precision: the float32 result rounded (< 1 ulp)
-    tol = Tol(eps, eps) if dtype in LOW_PRECISION_TOL else case.tol(dtype)
+    tol = Tol(eps, eps) if dtype in LOW_PRECISION else case.tol(dtype)
     assert_close(out, case(x.double(), **{param.name: t}), tol, f"{case} {dtype}")
 
 
@@ -588,14 +578,14 @@ def max_error(a: torch.Tensor, exact: torch.Tensor) -> float:
     return torch.nan_to_num(d, nan=math.inf).max().item()
 
 
-@pytest.mark.parametrize("dtype", list(LOW_PRECISION_TOL), ids=ids)
+@pytest.mark.parametrize("dtype", list(LOW_PRECISION), ids=ids)
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_low_precision_vs_naive(case, dtype):
     """Half/bfloat16: error against float64 <= factor x the naive formula's error + atol.
     Inputs: distinct values in [-2.9, 2.9] (no top-k ties after rounding; |z| < 3 keeps the
     naive order-10 Taylor polynomial z^10 below the float16 maximum, so err_naive is
     finite)."""
-    factor, atol = LOW_PRECISION_TOL[dtype]
+    factor, atol = LOW_PRECISION[dtype]
     x = distinct_logits(case, 16, 37, gen("lowp", str(case), dtype)).to(dtype)
     exact = case.reference(x.double())
     ours = case(x)
@@ -706,7 +696,7 @@ def test_signature(mapping, fn):
 
 
 def test_facts_outside_the_registry_name_registered_things():
-    """The lists in conftest.py that the registry does not record must not rot."""
+    """The lists in _helpers.py that the registry does not record must not rot."""
     names = {m.name for m in MAPPINGS}
     params = {p.name for m in MAPPINGS for p in m.params}
     assert NONNEGATIVE_DOMAIN <= names

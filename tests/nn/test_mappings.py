@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from softmaxlab.nn import MappingModule, Maxout, module_for
 
-from .conftest import (
+from .._helpers import (
     BAD_PARAMS,
     CASES,
     DEFAULT_CASES,
