@@ -16,7 +16,8 @@ innermost :func:`use`):
   kernel where one exists and ``triton`` is installed, and the reference otherwise;
 * ``"reference"``: always the pure-torch reference;
 * ``"cpu"`` / ``"triton"``: that backend's kernels where one applies (an error for a tensor
-  on another device, or when the package a kernel needs is missing).
+  on another device, or when the package a kernel needs is missing); with
+  ``TRITON_INTERPRET=1``, ``"triton"`` runs on CPU tensors (Triton's interpreter).
 
 Inside ``torch.func`` transforms (vmap, grad, jvp, ...) eager calls take the reference, which
 supports them all; under ``torch.compile`` the kernels are custom ops the graph calls.
@@ -136,10 +137,13 @@ def backend(x: torch.Tensor) -> str:
     requested = requested_backend()
     device = x.device.type
     if requested in DEVICE_OF:
-        if device != DEVICE_OF[requested]:
+        needs = DEVICE_OF[requested]
+        if requested == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+            needs = "cpu"  # Triton's interpreter runs the kernels on CPU tensors
+        if device != needs:
             raise ValueError(
-                f"{ENV_VAR}={requested!r} runs on {DEVICE_OF[requested]!r} tensors only, got a "
-                f"tensor on {x.device}; unset {ENV_VAR} to choose by device")
+                f"{ENV_VAR}={requested!r} runs on {needs!r} tensors only, got a tensor on "
+                f"{x.device}; unset {ENV_VAR} to choose by device")
         return requested
     if requested == "reference":
         return "reference"

@@ -19,6 +19,7 @@ from ._common import (
     class_weights,
     nll_rows,
 )
+from .._registry import resolve_log_mapping
 from .cross_entropy import log_probs
 
 #: Logit elements per chunk when ``chunk_size`` is not given (256 MiB of float32): larger
@@ -105,7 +106,8 @@ def _add_grads(g, h, w, rows, gh, gw, gb):
 
 def _chunk_kernel(h, opts: _Options):
     """The CPU kernel's ``softmax_chunk`` where it applies, else ``None``."""
-    spec = kernels.select("linear_cross_entropy", h, mapping=opts.mapping, params=opts.params)
+    spec = kernels.select("linear_cross_entropy", h, mapping=opts.mapping, params=opts.params,
+                          dtypes=set())
     return None if spec is None or spec.backend != "cpu" else kernels.registry.load(
         spec.name).softmax_chunk
 
@@ -206,16 +208,7 @@ def linear_cross_entropy(
     """
     check_input(hidden, "hidden")
     check_input(weight, "weight")
-    spec = kernels.select("linear_cross_entropy", hidden, mapping=mapping,
-                          params=tuple(mapping_params))
-    if spec is not None and spec.backend == "triton":
-        try:
-            return kernels.registry.load(spec.name).linear_cross_entropy(hidden, weight, target, bias=bias, mapping=mapping,
-                          chunk_size=chunk_size, class_weight=class_weight,
-                          ignore_index=ignore_index, reduction=reduction,
-                          label_smoothing=label_smoothing, **mapping_params)
-        except NotImplementedError:  # a mapping or option the kernel lacks: the reference
-            pass
+    resolve_log_mapping(mapping, mapping_params)
     if weight.dim() != 2 or hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"hidden (*, d) and weight (V, d) must agree in d, got {tuple(hidden.shape)} and "
@@ -228,19 +221,26 @@ def linear_cross_entropy(
     reduction = check_reduction(reduction)
     label_smoothing = check_label_smoothing(label_smoothing)
     v = weight.shape[0]
-    if chunk_size is None:
-        chunk_size = max(1, CHUNK_ELEMENTS // v)
-    chunk_size = check_int("chunk_size", chunk_size)
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size)
     h = hidden.reshape(-1, hidden.shape[-1])
     t, keep = check_target(target, hidden.shape[:-1], v, ignore_index, "hidden without its last dim")
     t, keep = t.to(h.device), keep.to(h.device)
     acc = torch.float32 if h.dtype in LOW_PRECISION else h.dtype
     cw = class_weights(class_weight, v, h.new_empty((), dtype=acc), "class_weight")
+    spec = kernels.select("linear_cross_entropy", h, mapping=mapping, params=mapping_params,
+                          dtypes={h.dtype, weight.dtype, (bias if bias is not None else h).dtype})
+    if spec is not None and spec.backend == "triton":
+        out = kernels.registry.load(spec.name).linear_ce(
+            h, weight, bias, t, keep, cw, reduction=reduction, label_smoothing=label_smoothing,
+            temperature=mapping_params.get("temperature", 1.0), chunk_size=chunk_size)
+        out = out.reshape(target.shape) if reduction == "none" else out
+        return out.to(hidden.dtype)
     w_rows = (torch.ones(t.shape, dtype=acc, device=h.device) if cw is None else cw[t]) * keep
     denom = w_rows.sum() if reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
     denom = torch.where(denom != 0, denom, torch.ones_like(denom))
     opts = _Options(mapping, tuple(sorted(mapping_params.items())), ignore_index, reduction,
-                    label_smoothing, chunk_size)
+                    label_smoothing, chunk_size or max(1, CHUNK_ELEMENTS // v))
     apply = _compiled if torch.compiler.is_compiling() else _LinearCrossEntropy.apply
     out = apply(h, weight, bias, t, keep, cw, denom, opts)
     out = out.reshape(target.shape) if reduction == "none" else out

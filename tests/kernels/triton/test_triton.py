@@ -33,7 +33,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import softmaxlab as sl  # noqa: E402
-from softmaxlab.kernels.triton import KERNELS, _launch  # noqa: E402
+from softmaxlab import kernels  # noqa: E402
+from softmaxlab.kernels.triton import _launch  # noqa: E402
 from softmaxlab.kernels.triton import _linear_ce as linear_ce  # noqa: E402
 from softmaxlab.losses import linear_cross_entropy  # noqa: E402
 from softmaxlab.online import softmax_topk  # noqa: E402
@@ -55,6 +56,19 @@ from ...tolerances import (  # noqa: E402
 
 NEG_INF = float("-inf")
 NAN = float("nan")
+def _on_triton(fn):
+    """``fn`` (a public function) with the Triton backend forced for the call: the one front
+    end validates and prepares the rows, the Triton kernels run them."""
+    def run(*args, **kwargs):
+        with kernels.use("triton"):
+            return fn(*args, **kwargs)
+    return run
+
+
+KERNELS = {name: _on_triton(fn) for name, fn in (
+    ("softmax", sl.softmax), ("log_softmax", sl.log_softmax), ("sparsemax", sl.sparsemax),
+    ("softmax_topk", softmax_topk), ("linear_cross_entropy", linear_cross_entropy))}
+
 #: The kernels run on CPU tensors under the interpreter (set by conftest.py before import).
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 #: The interpreter evaluates masked lanes too, in numpy (all-NaN and all -inf slices).
@@ -426,7 +440,8 @@ def test_linear_cross_entropy_low_precision():
 @interpreter_only
 def test_linear_cross_entropy_edge_cases():
     """Every row ignored gives 0 and zero gradients; one class; no grad for weight; bad
-    arguments raise; other mappings raise NotImplementedError."""
+    arguments raise (once, in the one front end); a mapping the kernel lacks runs the
+    reference."""
     fast = KERNELS["linear_cross_entropy"]
     h, w, b, t = _lce_inputs(5, 7, 3, torch.float64, 9)
     out = fast(h, w, torch.full((5,), -100), bias=b)
@@ -441,12 +456,17 @@ def test_linear_cross_entropy_edge_cases():
     (ghr,) = torch.autograd.grad(linear_cross_entropy(h, wd, t), (h,))
     assert_close(gh, ghr, TRITON[F64], "weight without grad")
     for bad, exc in (({"reduction": "avg"}, ValueError), ({"label_smoothing": 2.0}, ValueError),
-                     ({"mapping": "sparsemax"}, NotImplementedError)):
+                     ({"mapping": "sparsemax"}, ValueError)):
         try:
             fast(h, w, t, **bad)
         except exc:
             continue
         raise AssertionError(f"{bad} did not raise {exc.__name__}")
+    with kernels.use("triton"):
+        assert kernels.kernel_name("linear_cross_entropy", h, mapping="taylor_softmax",
+                                   params={}, dtypes={F64}) == "reference"
+    assert_close(fast(h, w, t, mapping="taylor_softmax"),
+                 linear_cross_entropy(h, w, t, mapping="taylor_softmax"), TRITON[F64], "taylor")
     try:
         fast(h, w, torch.full((5,), 7))
     except ValueError as e:

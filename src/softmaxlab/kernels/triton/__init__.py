@@ -35,5 +35,6 @@ def _triton(op: str, module: str, applies=None) -> None:
 _triton("softmax", "_softmax")
 _triton("softmax_topk", "_topk")
 _triton("sparsemax", "_sparsemax")
-_triton("linear_cross_entropy", "_linear_ce",
-        applies=lambda f: f["mapping"] == "softmax" and not f["params"])
+_triton("linear_cross_entropy", "_linear_ce", applies=lambda f: (
+    f["mapping"] == "softmax" and set(f["params"]) <= {"temperature"}
+    and not isinstance(f["params"].get("temperature"), torch.Tensor) and len(f["dtypes"]) == 1))

@@ -54,9 +54,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..._validation import check_int
-from ...functional._common import check_input
-from ...losses._common import check_label_smoothing, check_reduction, check_target, class_weights
 from . import _launch as L
 from ._softmax import _acc
 
@@ -190,7 +187,6 @@ def _addmm_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 # ------------------------------------------------------------------ the two passes
 @dataclass(frozen=True)
 class Options:
-    ignore_index: int
     reduction: str
     label_smoothing: float
     inv_t: float
@@ -389,70 +385,22 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         return gh, gw, gb, None, None, None, None
 
 
-def linear_cross_entropy(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    bias: torch.Tensor | None = None,
-    mapping: str = "softmax",
-    chunk_size: int | None = None,
-    class_weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    **mapping_params,
-) -> torch.Tensor:
-    r"""Triton/cuBLAS ``linear_cross_entropy``: same signature and result as
-    :func:`softmaxlab.losses.linear_cross_entropy` for ``mapping="softmax"`` (optionally with a
-    float ``temperature``).
+def linear_ce(h, w, b, t, keep, cw, *, reduction: str, label_smoothing: float,
+              temperature: float, chunk_size: int | None) -> torch.Tensor:
+    r"""Row function of ``linear_cross_entropy`` (``mapping="softmax"``, float temperature):
+    rows ``h`` ``(N, d)``, ``w`` ``(V, d)``, ``b`` ``(V,)`` or ``None`` (one dtype), safe
+    targets ``t``, ``keep`` mask and class weights ``cw`` (compute dtype), all validated by
+    :func:`softmaxlab.losses.linear_cross_entropy`.
 
     .. math:: \ell_i = -\log \mathrm{softmax}((W h_i + b)/T)_{y_i}
 
-    Shape: ``hidden`` ``(*, d)``, ``weight`` ``(V, d)``, ``target`` ``(*)``, ``bias`` ``(V,)``;
-    the loss is ``(*)`` for ``reduction="none"``, else a scalar, in ``hidden``'s dtype.
-    ``chunk_size`` keeps its meaning as a memory bound: at most ``chunk_size * V`` logits exist
-    at a time (default: :data:`CHUNK_ELEMENTS`). Other mappings raise ``NotImplementedError``
-    (use the reference).
+    Returns the per-row losses ``(N,)`` (``reduction="none"``) or their reduction, in the
+    compute dtype. At most ``chunk_size * V`` logits exist at a time (default:
+    :data:`CHUNK_ELEMENTS`).
     """
-    if mapping != "softmax" or set(mapping_params) - {"temperature"}:
-        raise NotImplementedError(
-            f"the Triton linear_cross_entropy supports mapping='softmax' (with temperature) "
-            f"only, got mapping={mapping!r}, params={sorted(mapping_params)}")
-    check_input(hidden, "hidden")
-    check_input(weight, "weight")
-    if weight.dim() != 2 or hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(
-            f"hidden (*, d) and weight (V, d) must agree in d, got {tuple(hidden.shape)} and "
-            f"{tuple(weight.shape)}")
-    if bias is not None:
-        check_input(bias, "bias")
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    temperature = mapping_params.get("temperature", 1.0)
-    from ...functional.softmax import TEMPERATURE
-
-    TEMPERATURE.validate(temperature)
-    if isinstance(temperature, torch.Tensor):
-        raise NotImplementedError("the Triton linear_cross_entropy takes a float temperature")
-    reduction = check_reduction(reduction)
-    label_smoothing = check_label_smoothing(label_smoothing)
-    v = weight.shape[0]
-    h = hidden.reshape(-1, hidden.shape[-1])
-    if weight.dtype != h.dtype or (bias is not None and bias.dtype != h.dtype):
-        raise TypeError(f"hidden, weight and bias must share a dtype, got {h.dtype}, "
-                        f"{weight.dtype}, {None if bias is None else bias.dtype}")
-    budget = CHUNK_ELEMENTS if chunk_size is None else check_int("chunk_size", chunk_size) * v
-    t, keep = check_target(target, hidden.shape[:-1], v, ignore_index,
-                           "hidden without its last dim")
-    t, keep = t.to(h.device), keep.to(h.device)
-    acc = L.acc_dtype(h)
-    cw = class_weights(class_weight, v, h.new_empty((), dtype=acc), "class_weight")
+    budget = CHUNK_ELEMENTS if chunk_size is None else chunk_size * w.shape[0]
     inv_t = 1.0 / float(temperature)
     if h.dtype == torch.float64 and inv_t != 1.0:  # a kernel's float argument is float32
-        h, bias, inv_t = h * inv_t, None if bias is None else bias * inv_t, 1.0
-    opts = Options(ignore_index, reduction, label_smoothing, inv_t, budget)
-    out = LinearCrossEntropyFunction.apply(h.contiguous(), weight.contiguous(), bias, t, keep,
-                                           cw, opts)
-    out = out.reshape(target.shape) if reduction == "none" else out
-    return out.to(hidden.dtype)
+        h, b, inv_t = h * inv_t, None if b is None else b * inv_t, 1.0
+    opts = Options(reduction, label_smoothing, inv_t, budget)
+    return LinearCrossEntropyFunction.apply(h.contiguous(), w.contiguous(), b, t, keep, cw, opts)
