@@ -2,8 +2,9 @@
 ``ValueError`` (out of range; ``IndexError`` for ``dim``) naming the argument and its value.
 
 Checks of tensor *values* (a target out of range, a negative input to ``normalize``) need a
-look at the data; they run in eager mode and are skipped while ``torch.compile`` traces
-(:func:`checks_values`), as torch's own functions leave such checks to their kernels.
+look at the data; they run in eager mode and are skipped while ``torch.compile`` traces and
+inside ``torch.func`` transforms (:func:`checks_values`), where a data-dependent branch
+cannot be taken, as torch's own functions leave such checks to their kernels.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 
 
 def checks_values() -> bool:
-    """Whether value checks run: everywhere but inside a ``torch.compile`` trace."""
-    return not torch.compiler.is_compiling()
+    """Whether value checks run: in eager code, not in a ``torch.compile`` trace or a
+    ``torch.func`` transform."""
+    return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active())
 
 
 def check_input(x: object, name: str = "x") -> torch.Tensor:

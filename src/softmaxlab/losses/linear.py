@@ -82,11 +82,15 @@ def _compiled(h, w, b, t, keep, cw, denom, opts: _Options):
     per-chunk ``torch.autograd.grad`` dynamo cannot trace): the same chunks, each under
     ``torch.utils.checkpoint`` so its logits are recomputed in backward, not kept."""
     n, cs = h.shape[0], opts.chunk_size
-    loss = torch.cat([
-        torch.utils.checkpoint.checkpoint(_chunk_loss, h[s:s + cs], w, b, t[s:s + cs],
-                                          keep[s:s + cs], cw, opts, use_reentrant=False)
-        for s in range(0, n, cs)
-    ])
+    if torch.compiler.is_exporting():  # an exported program is a forward: no recompute
+        loss = torch.cat([_chunk_loss(h[s:s + cs], w, b, t[s:s + cs], keep[s:s + cs], cw, opts)
+                          for s in range(0, n, cs)])
+    else:
+        loss = torch.cat([
+            torch.utils.checkpoint.checkpoint(_chunk_loss, h[s:s + cs], w, b, t[s:s + cs],
+                                              keep[s:s + cs], cw, opts, use_reentrant=False)
+            for s in range(0, n, cs)
+        ])
     return loss if opts.reduction == "none" else loss.sum() / denom
 
 
