@@ -21,7 +21,8 @@ run: $(STAMP)
 	$(VENV)/bin/softmaxlab compare --dataset digits --out runs/compare-digits
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --ignore=tests/kernels/triton
+	$(PY) -m pytest -q -n 2 tests/kernels/triton
 	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 		TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 tests/kernels/triton; fi
 

@@ -40,6 +40,8 @@ class Param:
 
     def validate(self, value: Any) -> Any:
         """Return ``value`` if it is acceptable, else raise naming the parameter and value."""
+        if type(value) is type(self.default) and value == self.default:
+            return value  # the default is valid (and the common case)
         if isinstance(value, torch.Tensor):
             if torch.Tensor not in self.types:
                 raise TypeError(f"{self.name} must be {self.description}, got a tensor")

@@ -52,7 +52,9 @@ def along(
     out = z.clone() if z.shape[-1] == 0 else core(z)
     if not last:
         out = out.movedim(-1, d)
-    return (out.reshape(()) if x.dim() == 0 else out).to(x.dtype)
+    if x.dim() == 0:
+        out = out.reshape(())
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 def compute(z: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,9 +42,14 @@ def log_taylor(z: torch.Tensor, order: int) -> torch.Tensor:
     return torch.where(small, poly.log(), big)
 
 
+@functools.lru_cache(maxsize=16)
+def _coefficients(order: int) -> tuple[float, ...]:
+    return tuple(1 / math.factorial(k) for k in range(order + 1))
+
+
 def _taylor(x, dim, order, mask, dtype, log):
     ORDER.validate(order)
-    coef = tuple(1 / math.factorial(k) for k in range(order + 1))
+    coef = _coefficients(order)
 
     def reference(z):
         return log_score_mapping(z, lambda s, _: log_taylor(s, order), log)

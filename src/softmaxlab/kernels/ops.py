@@ -39,12 +39,10 @@ from . import registry
 NEG_INF = float("-inf")
 
 
-def _direct(*tensors: Tensor) -> bool:
-    """Whether a call may skip the dispatcher: plain eager tensors that need no graph."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    grad = torch.is_grad_enabled()
-    return all(type(t) is Tensor and not (grad and t.requires_grad) for t in tensors)
+def _direct(t: Tensor) -> bool:
+    """Whether a call may skip the dispatcher: a plain eager tensor that needs no graph."""
+    return (type(t) is Tensor and not (t.requires_grad and torch.is_grad_enabled())
+            and not torch.compiler.is_compiling() and not torch._C._get_tracing_state())
 
 
 def _batched(info, in_dims: Sequence[int | None], args: Sequence[Any]) -> list[Any]:

@@ -105,7 +105,9 @@ def available(package: str) -> bool:
 
 def requested_backend() -> str:
     """The innermost :func:`use`, else ``SOFTMAXLAB_BACKEND`` (``"auto"`` when unset)."""
-    value = _OVERRIDE[-1] if _OVERRIDE else (os.environ.get(ENV_VAR, "") or "auto")
+    value = _OVERRIDE[-1] if _OVERRIDE else os.environ.get(ENV_VAR)
+    if not value:
+        return "auto"
     if value not in BACKENDS:
         raise ValueError(
             f"{ENV_VAR}={value!r} is not a backend; valid values: "
@@ -134,42 +136,45 @@ def use(name: str) -> Iterator[None]:
 
 def backend(x: torch.Tensor) -> str:
     """The backend that runs ops on ``x``: ``"reference"``, ``"cpu"`` or ``"triton"``."""
-    requested = requested_backend()
+    return _backend(x, requested_backend())
+
+
+def _backend(x: torch.Tensor, requested: str) -> str:
     device = x.device.type
-    if requested in DEVICE_OF:
-        needs = DEVICE_OF[requested]
-        if requested == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
-            needs = "cpu"  # Triton's interpreter runs the kernels on CPU tensors
-        if device != needs:
-            raise ValueError(
-                f"{ENV_VAR}={requested!r} runs on {needs!r} tensors only, got a tensor on "
-                f"{x.device}; unset {ENV_VAR} to choose by device")
-        return requested
+    if requested == "auto":
+        if device == "cpu":
+            return "cpu"
+        return "triton" if device == "cuda" and _AVAILABLE["triton"] else "reference"
     if requested == "reference":
         return "reference"
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda" and _AVAILABLE["triton"]:
-        return "triton"
-    return "reference"
+    needs = DEVICE_OF[requested]
+    if requested == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        needs = "cpu"  # Triton's interpreter runs the kernels on CPU tensors
+    if device != needs:
+        raise ValueError(
+            f"{ENV_VAR}={requested!r} runs on {needs!r} tensors only, got a tensor on "
+            f"{x.device}; unset {ENV_VAR} to choose by device")
+    return requested
 
 
 def select(op: str, x: torch.Tensor, **facts: Any) -> KernelSpec | None:
     """The kernel that runs ``op`` on ``x`` (``facts``: what else decides), or ``None`` for
     the reference. A forced backend whose kernel needs a missing package raises
     ``ImportError`` naming the extra."""
-    chosen = backend(x)
+    requested = requested_backend()
+    chosen = _backend(x, requested)
     if chosen == "reference":
         return None
     if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
         return None  # vmap/grad/jvp: the reference supports every transform
+    dtype = x.dtype
     for spec in _SPECS.get(op, ()):
-        if spec.backend != chosen or x.dtype not in spec.dtypes:
+        if spec.backend != chosen or dtype not in spec.dtypes:
             continue
         if spec.applies is not None and not spec.applies(facts):
             continue
         if spec.needs is not None and not _AVAILABLE[spec.needs]:
-            if requested_backend() == chosen:
+            if requested == chosen:
                 raise ImportError(
                     f"{ENV_VAR}={chosen!r}: kernel {spec.name} needs {spec.needs}; install it "
                     f"with pip install 'softmaxlab[{EXTRAS[spec.needs]}]', or unset {ENV_VAR}")

@@ -3,7 +3,9 @@
 ``TRITON_INTERPRET=1`` must be set before the kernels are defined (``@triton.jit`` reads it
 when ``softmaxlab.kernels.triton`` is imported). Where no CUDA device is available it is set
 here, when pytest collects this folder, before the test module imports the kernels; the
-repository-root conftest keeps the doctest pass from importing them first.
+repository-root conftest keeps the doctest pass from importing them first. ``make test`` runs
+this folder in a pytest invocation of its own: ``torch.compile`` (inductor) in the other
+tests imports triton in the same worker process, which breaks the interpreter's kernels.
 """
 
 from __future__ import annotations

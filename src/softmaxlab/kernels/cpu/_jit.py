@@ -84,11 +84,13 @@ def launch(kernel, arrays: tuple, *args, scratch: tuple = ()):
     op, whose OpenMP threads keep spinning on the cores for milliseconds. Where that runtime
     or a trampoline is not available, Python threads do the same work."""
     size = arrays[0].size
+    if size < 2 * MIN_ENTRIES_PER_THREAD:  # the caller alone, one claim of every row
+        buffers = [np.empty(max(n, 1), dt) for n, dt in scratch] if scratch else ()
+        return kernel(*arrays, *args, *buffers, np.array([0, 1 << 62], np.int64))
+    threads = min(torch.get_num_threads(), size // MIN_ENTRIES_PER_THREAD)
     claims = np.array([0, max(1, ENTRIES_PER_CLAIM // max(arrays[0].shape[-1], 1))], np.int64)
-    threads = 1 if size < 2 * MIN_ENTRIES_PER_THREAD else min(
-        torch.get_num_threads(), size // MIN_ENTRIES_PER_THREAD)
-    if threads == 1:  # the caller alone
-        return kernel(*arrays, *args, *[np.empty(max(n, 1), dt) for n, dt in scratch], claims)
+    if threads == 1:
+        return _pool_launch(kernel, arrays, args, scratch, claims, 1)
     values = (*arrays, *args, *[np.dtype(dtype) for _, dtype in scratch], claims)
     omp = _omp_parallel()
     trampoline = omp and _trampoline(kernel, values)
@@ -302,13 +304,15 @@ def _pool_launch(kernel, arrays, args, scratch, claims, threads):
 
 def rows(t: torch.Tensor) -> np.ndarray:
     """``t`` as a C-contiguous ``(rows, last dim)`` array sharing memory where it can."""
-    t = t.detach().contiguous()
-    return t.view(-1, t.shape[-1] if t.dim() else 1).numpy()
+    if t.requires_grad:
+        t = t.detach()
+    a = (t if t.is_contiguous() else t.contiguous()).numpy()
+    return a.reshape(-1, a.shape[-1] if a.ndim else 1)
 
 
 def empty_rows(t: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-    """A new tensor shaped like ``t`` and its ``(rows, last dim)`` array."""
-    out = torch.empty(t.shape, dtype=t.dtype)
+    """A new contiguous tensor shaped like ``t`` and its ``(rows, last dim)`` array."""
+    out = torch.empty_like(t, memory_format=torch.contiguous_format)
     return out, rows(out)
 
 

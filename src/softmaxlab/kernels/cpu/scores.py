@@ -21,6 +21,8 @@ times the softmax Jacobian of the log-scores.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -365,9 +367,11 @@ def _sig_backward(x, g, grad, stats, log, t_row, claims):
 
 
 # ---------------------------------------------------------------- row functions
-def _safe(coef: tuple[float, ...]) -> float:
-    """Largest |z| at which the polynomial ``coef`` is at most ``SAFE_SCORE``."""
-    return max(1.0, (SAFE_SCORE / sum(coef)) ** (1.0 / (len(coef) - 1)))
+@functools.lru_cache(maxsize=64)
+def _poly(coef: tuple[float, ...]) -> tuple[np.ndarray, float]:
+    """The polynomial's coefficients as an array, and the largest |z| at which it is at most
+    ``SAFE_SCORE``."""
+    return np.asarray(coef), max(1.0, (SAFE_SCORE / sum(coef)) ** (1.0 / (len(coef) - 1)))
 
 
 def score_forward(z: torch.Tensor, coef: tuple[float, ...] | None, log: bool):
@@ -377,11 +381,11 @@ def score_forward(z: torch.Tensor, coef: tuple[float, ...] | None, log: bool):
     x = rows(z)
     out, out_rows = empty_rows(z)
     stats = torch.empty((*z.shape[:-1], 2), dtype=torch.float64)
-    stats_rows = stats.view(-1, 2).numpy()
+    stats_rows = stats.numpy().reshape(-1, 2)
     if coef is None:
         launch(_sig_forward, (x, out_rows, stats_rows), log)
     else:
-        launch(_poly_forward, (x, out_rows, stats_rows), np.asarray(coef), _safe(coef), log)
+        launch(_poly_forward, (x, out_rows, stats_rows), *_poly(coef), log)
     return out, stats
 
 
@@ -390,11 +394,10 @@ def score_backward(g: torch.Tensor, z: torch.Tensor, stats: torch.Tensor,
     """Input gradient of :func:`score_forward` from the output gradient ``g``."""
     x = rows(z)
     grad, grad_rows = empty_rows(z)
-    st = stats.view(-1, 2).numpy()
+    st = rows(stats)
     scratch = ((x.shape[1], np.float32),)
     if coef is None:
         launch(_sig_backward, (x, rows(g), grad_rows, st), log, scratch=scratch)
     else:
-        launch(_poly_backward, (x, rows(g), grad_rows, st), np.asarray(coef), _safe(coef), log,
-               scratch=scratch)
+        launch(_poly_backward, (x, rows(g), grad_rows, st), *_poly(coef), log, scratch=scratch)
     return grad
