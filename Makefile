@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install clean
+.PHONY: run test install clean clean-cache
 
 install: $(STAMP)
 
@@ -28,3 +28,7 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .hypothesis
+
+clean-cache:  # numba's kernel cache and the launch trampolines (after editing kernels/cpu/_jit.py)
+	find src -name '*.nbi' -delete -o -name '*.nbc' -delete
+	rm -rf $${SOFTMAXLAB_CACHE_DIR:-$$HOME/.cache/softmaxlab}
