@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -79,7 +79,10 @@ class Mapping:
 
     ``fn(x, dim=-1, *, **params, mask=None)`` maps logits to the output; ``log_fn`` is its
     log form (``None`` when it has none); ``loss`` names its natural training loss.
-    Property flags are checked by the test suite for every registered mapping.
+    ``naive(x, **params)`` is the textbook formula along the last dim in unfused torch ops
+    (the benchmarks' baseline; not safe on masked rows or extreme logits).
+    ``tsallis_alpha`` is the entropy of a Fenchel-Young mapping (``None``: its ``alpha``
+    parameter). Property flags are checked by the test suite for every registered mapping.
     """
 
     name: str
@@ -94,7 +97,8 @@ class Mapping:
     training_only: bool = False
     summary: str = ""
     formula: str = ""
-    extra: dict = field(default_factory=dict)
+    naive: Callable[..., torch.Tensor] | None = None
+    tsallis_alpha: float | None = None
 
     def __reduce__(self):
         # A record pickles (and deep-copies) as its registry lookup: modules that hold one

@@ -10,98 +10,29 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .records import Case, Impl
+from .._registry import get_mapping, mappings
+from .records import Case, Impl, ImplUnavailable
 from .timing import CallStep, Inputs, Step
 
 
-def naive_softmax(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """exp(x - max) / sum: the textbook formula, three unfused passes."""
-    x = x / temperature if temperature != 1.0 else x
-    e = (x - x.amax(-1, keepdim=True)).exp()
-    return e / e.sum(-1, keepdim=True)
-
-
-def naive_log_softmax(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    x = x / temperature if temperature != 1.0 else x
-    s = x - x.amax(-1, keepdim=True)
-    return s - s.exp().sum(-1, keepdim=True).log()
-
-
-def _normalized(f: torch.Tensor) -> torch.Tensor:
-    return f / f.sum(-1, keepdim=True)
-
-
-def naive_taylor(x: torch.Tensor, order: int = 2) -> torch.Tensor:
-    f = torch.ones_like(x)
-    term = torch.ones_like(x)
-    for i in range(1, order + 1):
-        term = term * x / i
-        f = f + term
-    return _normalized(f)
-
-
-def naive_spherical(x: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
-    return _normalized(x * x + eps)
-
-
-def naive_sigsoftmax(x: torch.Tensor) -> torch.Tensor:
-    return _normalized((x - x.amax(-1, keepdim=True)).exp() * torch.sigmoid(x))
-
-
-def naive_sparsemax(x: torch.Tensor) -> torch.Tensor:
-    """Sort-based sparsemax in torch ops (Martins & Astudillo 2016, Alg. 1), autograd
-    through the ops."""
-    z = x - x.amax(-1, keepdim=True)
-    srt = z.sort(-1, descending=True).values
-    r = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
-    cs = srt.cumsum(-1)
-    k = (1 + r * srt > cs).sum(-1, keepdim=True)
-    tau = (cs.gather(-1, k - 1) - 1) / k
-    return (z - tau).clamp(min=0)
-
-
-def naive_entmax15(x: torch.Tensor) -> torch.Tensor:
-    """Sort-based 1.5-entmax in torch ops (Peters et al. 2019, Alg. 2), autograd through
-    the ops."""
-    z = (x - x.amax(-1, keepdim=True)) / 2
-    srt = z.sort(-1, descending=True).values
-    r = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
-    mean = srt.cumsum(-1) / r
-    mean_sq = (srt * srt).cumsum(-1) / r
-    tau = mean - ((1 - r * (mean_sq - mean * mean)) / r).clamp(min=0).sqrt()
-    k = (tau <= srt).sum(-1, keepdim=True)
-    return (z - tau.gather(-1, k - 1)).clamp(min=0) ** 2
+def naive_softmax(x: torch.Tensor) -> torch.Tensor:
+    """The registry's naive softmax (three unfused passes)."""
+    return get_mapping("softmax").naive(x)
 
 
 def naive_linear_ce(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     logits = (h @ w.T).float()
-    return -naive_log_softmax(logits).gather(-1, t[:, None]).mean()
-
-
-NAIVE: dict[str, Callable[..., torch.Tensor]] = {
-    "softmax": naive_softmax,
-    "log_softmax": naive_log_softmax,
-    "taylor_softmax": naive_taylor,
-    "log_taylor_softmax": lambda x, **kw: naive_taylor(x, **kw).log(),
-    "spherical_softmax": naive_spherical,
-    "log_spherical_softmax": lambda x, **kw: naive_spherical(x, **kw).log(),
-    "sigsoftmax": naive_sigsoftmax,
-    "log_sigsoftmax": lambda x: naive_sigsoftmax(x).log(),
-    "sparsemax": naive_sparsemax,
-    "entmax15": naive_entmax15,
-}
+    return -naive_softmax(logits).log().gather(-1, t[:, None]).mean()
 
 
 # ------------------------------------------------------------------------ implementations
-def _registry_fn(op: str) -> tuple[Callable[..., torch.Tensor], dict]:
+def _registry_fn(op: str):
     """The public function called ``op`` (a mapping or its log form) from the registry,
-    with the mapping's default parameters."""
-    import softmaxlab as sl
-
-    for m in sl.mappings():
+    its mapping record and the mapping's default parameters."""
+    for m in mappings():
         for f in (m.fn, m.log_fn):
             if f is not None and f.__name__ == op:
-                return f, m.defaults
+                return f, m, m.defaults
     raise ValueError(f"{op!r} is not a registered mapping function")
 
 
@@ -109,7 +40,7 @@ def candidate(op: str) -> Impl:
     """The public softmaxlab function ``op`` along the last dim, default parameters."""
 
     def load():
-        fn, params = _registry_fn(op)
+        fn, _, params = _registry_fn(op)
         return functools.partial(fn, dim=-1, **params)  # its own code object for torch.compile
 
     return Impl("softmaxlab", load, role="candidate")
@@ -117,11 +48,14 @@ def candidate(op: str) -> Impl:
 
 def naive(op: str) -> Impl:
     def load():
-        _, params = _registry_fn(op)
-        f = NAIVE[op]
-        return lambda x: f(x, **params)
+        fn, m, params = _registry_fn(op)
+        if m.naive is None:
+            raise ImplUnavailable(f"{m.name} has no naive formula in the registry")
+        if fn is m.log_fn:
+            return lambda x: m.naive(x, **params).log()
+        return lambda x: m.naive(x, **params)
 
-    return Impl("naive", load, note="the formula in unfused torch ops")
+    return Impl("naive", load, note="the registry's formula in unfused torch ops")
 
 
 TORCH_SOFTMAX = Impl("torch.softmax", lambda: lambda x: torch.softmax(x, -1))

@@ -173,3 +173,8 @@ def safe_where(cond: torch.Tensor, z: torch.Tensor, fill: float) -> torch.Tensor
     """``z`` where ``cond`` else ``fill``: feeds one branch of a ``torch.where`` so that the
     unselected branch never sees values that would give it infinite gradients."""
     return torch.where(cond, z, torch.full_like(z, fill))
+
+
+def normalized(f: torch.Tensor) -> torch.Tensor:
+    """``f / sum f`` along the last dim (the naive formulas' last step)."""
+    return f / f.sum(-1, keepdim=True)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .._registry import Mapping, register
-from ._common import along, log_score_mapping, score_mapping
+from ._common import along, normalized, log_score_mapping, score_mapping
 
 
 def _log_sigsoftmax_score(z: torch.Tensor, _excluded: torch.Tensor) -> torch.Tensor:
@@ -47,6 +47,11 @@ def log_sigsoftmax(
     return _sigsoftmax(x, dim, mask, dtype, log=True)
 
 
+
+def naive_sigsoftmax(x: torch.Tensor) -> torch.Tensor:
+    return normalized((x - x.amax(-1, keepdim=True)).exp() * torch.sigmoid(x))
+
+
 register(
     Mapping(
         "sigsoftmax",
@@ -55,5 +60,6 @@ register(
         loss="cross_entropy",
         summary="exp(z) * sigmoid(z), normalized",
         formula="e^z sigmoid(z) / sum e^z sigmoid(z)",
+        naive=naive_sigsoftmax,
     )
 )

@@ -80,6 +80,14 @@ def log_softmax(
     return _softmax(x, dim, temperature, mask, dtype, log=True)
 
 
+
+def naive_softmax(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """exp(x - max) / sum: the textbook formula, three unfused passes."""
+    x = x / temperature if temperature != 1.0 else x
+    e = (x - x.amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
 register(
     Mapping(
         "softmax",
@@ -90,5 +98,6 @@ register(
         shift_invariant=True,
         summary="exponentials divided by their sum",
         formula="exp(z/T) / sum exp(z/T)",
+        naive=naive_softmax,
     )
 )

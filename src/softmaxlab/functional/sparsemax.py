@@ -307,6 +307,32 @@ ALPHA = Param(
 )
 N_ITER = Param("n_iter", 50, (int,), lambda n: n >= 1, "an integer >= 1", bad=(0, -3, 2.5))
 
+
+def naive_sparsemax(x: torch.Tensor) -> torch.Tensor:
+    """Sort-based sparsemax in torch ops (Martins & Astudillo 2016, Alg. 1), autograd
+    through the ops."""
+    z = x - x.amax(-1, keepdim=True)
+    srt = z.sort(-1, descending=True).values
+    r = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+    cs = srt.cumsum(-1)
+    k = (1 + r * srt > cs).sum(-1, keepdim=True)
+    tau = (cs.gather(-1, k - 1) - 1) / k
+    return (z - tau).clamp(min=0)
+
+
+def naive_entmax15(x: torch.Tensor) -> torch.Tensor:
+    """Sort-based 1.5-entmax in torch ops (Peters et al. 2019, Alg. 2), autograd through
+    the ops."""
+    z = (x - x.amax(-1, keepdim=True)) / 2
+    srt = z.sort(-1, descending=True).values
+    r = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+    mean = srt.cumsum(-1) / r
+    mean_sq = (srt * srt).cumsum(-1) / r
+    tau = mean - ((1 - r * (mean_sq - mean * mean)) / r).clamp(min=0).sqrt()
+    k = (tau <= srt).sum(-1, keepdim=True)
+    return (z - tau.gather(-1, k - 1)).clamp(min=0) ** 2
+
+
 register(
     Mapping(
         "sparsemax",
@@ -317,6 +343,8 @@ register(
         shift_invariant=True,
         summary="Euclidean projection onto the simplex",
         formula="argmin_{p in simplex} ||p - z||^2",
+        naive=naive_sparsemax,
+        tsallis_alpha=2.0,
     )
 )
 register(
@@ -329,6 +357,8 @@ register(
         shift_invariant=True,
         summary="1.5-entmax, exact (sort-based)",
         formula="[z/2 - tau]_+^2",
+        naive=naive_entmax15,
+        tsallis_alpha=1.5,
     )
 )
 register(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._registry import Mapping, positive_real, register
-from ._common import along, log_score_mapping, safe_where, score_mapping
+from ._common import along, normalized, log_score_mapping, safe_where, score_mapping
 
 EPS = positive_real("eps", 0.01, tensor=False, valid=(1e-4, 1.0), bad=(0.0, -0.01, "0.01"))
 
@@ -57,6 +57,11 @@ def log_spherical_softmax(
     return _spherical(x, dim, eps, mask, dtype, log=True)
 
 
+
+def naive_spherical(x: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+    return normalized(x * x + eps)
+
+
 register(
     Mapping(
         "spherical_softmax",
@@ -66,5 +71,6 @@ register(
         params=(EPS,),
         summary="squared logits plus eps, normalized",
         formula="(z^2 + eps) / sum (z^2 + eps)",
+        naive=naive_spherical,
     )
 )

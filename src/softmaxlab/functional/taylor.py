@@ -8,7 +8,7 @@ import math
 import torch
 
 from .._registry import Mapping, Param, register
-from ._common import along, log_score_mapping, safe_where, score_mapping
+from ._common import along, normalized, log_score_mapping, safe_where, score_mapping
 
 ORDER = Param(
     "order",
@@ -85,6 +85,16 @@ def log_taylor_softmax(
     return _taylor(x, dim, order, mask, dtype, log=True)
 
 
+
+def naive_taylor(x: torch.Tensor, order: int = 2) -> torch.Tensor:
+    f = torch.ones_like(x)
+    term = torch.ones_like(x)
+    for i in range(1, order + 1):
+        term = term * x / i
+        f = f + term
+    return normalized(f)
+
+
 register(
     Mapping(
         "taylor_softmax",
@@ -94,5 +104,6 @@ register(
         params=(ORDER,),
         summary="even-order Taylor polynomial of exp, normalized",
         formula="f_n(z) / sum f_n(z), f_n(z) = sum_{k<=n} z^k/k!",
+        naive=naive_taylor,
     )
 )

@@ -6,7 +6,7 @@ import numbers
 
 import torch
 
-from .._registry import get_mapping
+from .._registry import get_mapping, mappings
 from ._common import (
     as_rows,
     check_label_smoothing,
@@ -15,7 +15,10 @@ from ._common import (
     weighted_reduce,
 )
 
-FY_MAPPINGS = {"sparsemax": 2.0, "entmax15": 1.5, "entmax": None}
+def fenchel_young_names() -> list[str]:
+    """The mappings whose natural loss is the Fenchel-Young loss (their registry records
+    carry the Tsallis alpha, or take it as their ``alpha`` parameter)."""
+    return [m.name for m in mappings() if m.loss == "fenchel_young"]
 
 
 def tsallis_entropy(p: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
@@ -81,11 +84,12 @@ def fenchel_young_loss(
         >>> fenchel_young_loss(z, torch.tensor([[0.0, 0.25, 0.75]]))  # q = p: zero loss
         tensor(0.)
     """
-    if mapping not in FY_MAPPINGS:
-        raise ValueError(f"mapping must be one of {list(FY_MAPPINGS)}, got {mapping!r}")
+    valid = fenchel_young_names()
+    if mapping not in valid:
+        raise ValueError(f"mapping must be one of {valid}, got {mapping!r}")
     reduction = check_reduction(reduction)
     label_smoothing = check_label_smoothing(label_smoothing)
-    alpha = FY_MAPPINGS[mapping]
+    alpha = get_mapping(mapping).tsallis_alpha
     if alpha is None:
         alpha = mapping_params.get("alpha", 1.5)
         if isinstance(alpha, torch.Tensor) or isinstance(alpha, bool) or not isinstance(
