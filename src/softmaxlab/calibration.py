@@ -37,9 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._validation import check_int
 from ._registry import Mapping, get_mapping
-from ._validation import check_input
+from ._validation import check_input, check_int
 
 __all__ = [
     "Reliability",

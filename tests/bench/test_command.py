@@ -9,8 +9,8 @@ import os
 import pytest
 
 import softmaxlab as sl
-from softmaxlab.cli import main
 from softmaxlab.bench import environment, records, results, suites, timing
+from softmaxlab.cli import main
 
 
 def test_quick_cli_run_writes_json_with_every_documented_field(tmp_path, capsys, monkeypatch):

@@ -33,7 +33,7 @@ from softmaxlab.kernels import cpu
 from softmaxlab.losses import linear_cross_entropy
 
 from .._helpers import NEG_INF, assert_close, gen
-from ..tolerances import ORACLE, Tol, ulp
+from ..tolerances import ORACLE, ulp
 
 numba_missing = pytest.mark.skipif(
     not kernels.registry.available("numba"), reason="numba is not installed")

@@ -20,13 +20,13 @@ import torch
 pytest.importorskip("matplotlib", reason="the lab extra is not installed (pip install -e .[lab])")
 pytest.importorskip("rich", reason="the lab extra is not installed (pip install -e .[lab])")
 
-from softmaxlab.cli import main  # noqa: E402
-from softmaxlab.lab import heads as lab_heads  # noqa: E402
-from softmaxlab.lab import results  # noqa: E402
-from softmaxlab.lab.compare import compare  # noqa: E402
-from softmaxlab.lab.datasets import Dataset, Split, load  # noqa: E402
-from softmaxlab.lab.report import METRICS, cell, summarize  # noqa: E402
-from softmaxlab.lab.train import RunConfig, run  # noqa: E402
+from softmaxlab.cli import main
+from softmaxlab.lab import heads as lab_heads
+from softmaxlab.lab import results
+from softmaxlab.lab.compare import compare
+from softmaxlab.lab.datasets import Dataset, Split, load
+from softmaxlab.lab.report import METRICS, cell, summarize
+from softmaxlab.lab.train import RunConfig, run
 
 SMALL = dict(dataset="digits", limit=300, epochs=2, progress=False)
 #: Metrics that measure time or memory: the only ones allowed to differ between reruns.

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from softmaxlab import losses as L
 
-from ..oracle import loss_refs as R
 from .._helpers import assert_close, gen
+from ..oracle import loss_refs as R
 from ..tolerances import LOSS, LOSS_VS_TORCH, LOW_FACTOR
 from ._common import (
     CE_CONFIGS,

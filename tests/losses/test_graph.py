@@ -8,8 +8,8 @@ import torch
 
 from softmaxlab import losses as L
 
-from ..oracle import loss_refs as R
 from .._helpers import assert_close, gen
+from ..oracle import loss_refs as R
 from ..tolerances import LOSS
 from ._common import REDUCTIONS, grad_of
 

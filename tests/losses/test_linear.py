@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from softmaxlab import losses as L
 from softmaxlab.losses import linear as linear_module
 
-from ..oracle import loss_refs as R
 from .._helpers import assert_close, gen
+from ..oracle import loss_refs as R
 from ..tolerances import LOSS, LOSS_CHUNKED, LOW_FACTOR, Tol
 from ._common import N_L, REDUCTIONS, V_L, class_weight, grad_of, lce_inputs, upstream
 

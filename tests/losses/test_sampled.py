@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from softmaxlab import losses as L
 
-from ..oracle import loss_refs as R
 from .._helpers import assert_close, gen
+from ..oracle import loss_refs as R
 from ..tolerances import LOSS
 from ._common import REDUCTIONS, grad_of, upstream
 

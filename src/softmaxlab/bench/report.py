@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import math
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .._text import table
 from .records import OK

@@ -10,9 +10,9 @@ with the softmax of the scaled cosines). Nothing else lists mapping names.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

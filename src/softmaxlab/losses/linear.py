@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from .. import kernels
-from .._validation import check_int
 from .._constants import LOW_PRECISION
-from .._validation import check_input
-from .._validation import checks_values
+from .._registry import resolve_log_mapping
+from .._validation import check_input, check_int, checks_values
 from ._common import (
     Rows,
     check_label_smoothing,
@@ -19,7 +18,6 @@ from ._common import (
     class_weights,
     nll_rows,
 )
-from .._registry import resolve_log_mapping
 from .cross_entropy import log_probs
 
 #: Logit elements per chunk when ``chunk_size`` is not given (256 MiB of float32): larger

@@ -7,9 +7,7 @@ import math
 
 import torch
 
-from .._validation import check_real
-from .._validation import check_input
-from .._validation import checks_values
+from .._validation import check_input, check_real, checks_values
 from ._common import (
     as_rows,
     check_label_smoothing,

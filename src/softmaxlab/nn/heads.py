@@ -22,7 +22,6 @@ from torch import nn
 from .. import functional as SF
 from .._registry import resolve_log_mapping
 from .._validation import check_bool, check_int, check_real
-from .._registry import Mapping
 
 __all__ = ["MixtureOfSoftmaxes", "DoublySparseSoftmax", "DecoupledOutput", "CosineClassifier"]
 
@@ -500,7 +499,7 @@ class DecoupledOutput(nn.Module):
 
     @classmethod
     def untied_from(cls, weight: torch.Tensor, *, bias: torch.Tensor | bool = True,
-                    **kwargs: Any) -> "DecoupledOutput":
+                    **kwargs: Any) -> DecoupledOutput:
         """A head whose output weight starts as a **copy** of ``weight`` (e.g. a formerly
         tied input embedding, shape ``(n_classes, in_features)``): training one afterwards
         leaves the other untouched.

@@ -5,7 +5,7 @@ overrides the stored one. Tensor options (class weights, a graph) are registered
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -7,7 +7,7 @@ as an ``nn.Parameter`` (a learned temperature or ``alpha``) is registered on the
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -29,18 +29,18 @@ import pytest
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]' or "
                     "'.[triton]')")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-import softmaxlab as sl  # noqa: E402
-from softmaxlab import kernels  # noqa: E402
-from softmaxlab.kernels.triton import _launch  # noqa: E402
-from softmaxlab.kernels.triton import _linear_ce as linear_ce  # noqa: E402
-from softmaxlab.losses import linear_cross_entropy  # noqa: E402
-from softmaxlab.online import softmax_topk  # noqa: E402
+import softmaxlab as sl
+from softmaxlab import kernels
+from softmaxlab.kernels.triton import _launch
+from softmaxlab.kernels.triton import _linear_ce as linear_ce
+from softmaxlab.losses import linear_cross_entropy
+from softmaxlab.online import softmax_topk
 
-from ..._helpers import assert_close  # noqa: E402
-from ...tolerances import (  # noqa: E402
+from ..._helpers import assert_close
+from ...tolerances import (
     BF16,
     F32,
     F64,

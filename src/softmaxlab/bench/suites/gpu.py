@@ -16,9 +16,19 @@ from typing import Any
 
 import torch
 
-from ..baselines import (TORCH_LOG_SOFTMAX, TORCH_SOFTMAX, candidate, entmax_impl, liger_flce,
-                         liger_softmax, liger_sparsemax, linear_candidate, linear_impls, naive,
-                         topk_impls)
+from ..baselines import (
+    TORCH_LOG_SOFTMAX,
+    TORCH_SOFTMAX,
+    candidate,
+    entmax_impl,
+    liger_flce,
+    liger_softmax,
+    liger_sparsemax,
+    linear_candidate,
+    linear_impls,
+    naive,
+    topk_impls,
+)
 from ..records import Case, Impl, LinearCase, RowsCase, Target, TopkCase
 from ..timing import AutogradStep, Step
 

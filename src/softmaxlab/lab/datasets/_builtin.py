@@ -13,8 +13,16 @@ import numpy as np
 import torch
 
 from ._core import (
-    Dataset, DatasetSpec, Split, classification, classification_split, language_model,
-    lines_to_tokens, package_file, shuffled, split_by_position,
+    Dataset,
+    DatasetSpec,
+    Split,
+    classification,
+    classification_split,
+    language_model,
+    lines_to_tokens,
+    package_file,
+    shuffled,
+    split_by_position,
 )
 
 # --- digits: scikit-learn's embedded copy ------------------------------------------------
