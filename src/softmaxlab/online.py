@@ -64,7 +64,8 @@ class OnlineState:
         """Combine two states of disjoint parts of the same rows (associative, commutative)."""
         m = torch.maximum(self.max, other.max)
         safe = m.masked_fill(m == NEG_INF, 0.0)
-        return OnlineState(m, self.sum * (self.max - safe).exp() + other.sum * (other.max - safe).exp())
+        return OnlineState(m, self.sum * (self.max - safe).exp()
+                           + other.sum * (other.max - safe).exp())
 
     def logsumexp(self) -> torch.Tensor:
         """``log sum exp`` of every entry seen (``-inf`` for an empty row)."""

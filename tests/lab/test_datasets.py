@@ -98,7 +98,7 @@ def test_split_indices_disjoint_and_covering():
     tr, va, te = _core.stratified_indices(y, seed=3)
     np.testing.assert_array_equal(np.sort(np.concatenate([tr, va, te])), np.arange(103))
     again = _core.stratified_indices(y, seed=3)
-    assert all(np.array_equal(a, b) for a, b in zip((tr, va, te), again))
+    assert all(np.array_equal(a, b) for a, b in zip((tr, va, te), again, strict=True))
 
 
 @needs_digits
@@ -226,7 +226,7 @@ def test_movielens_inter(tmp_path):
     assert ds.test.y.tolist() == [4, 1] and ds.val.y.tolist() == [3, 5]
     assert ds.test.x.shape == (2, 50) and ds.test.x[0, -3:].tolist() == [1, 2, 3]
     assert (ds.test.x[0, :-3] == 0).all()
-    train = sorted(zip(ds.train.x[:, -1].tolist(), ds.train.y.tolist()))
+    train = sorted(zip(ds.train.x[:, -1].tolist(), ds.train.y.tolist(), strict=True))
     assert train == [(1, 2)]  # user 1: 1 -> 2; user 2's 2 -> 5 is val, user 3 has one item
     pair = make_inter(tmp_path / "z.inter", INTER + [(4, 10, 1, 1), (4, 20, 1, 2)])
     ds = D.get_dataset("movielens-100k").load(root=pair)  # 2 items: a train row only

@@ -65,7 +65,7 @@ def test_sampled_losses_vs_reference(loss, kind, reduction):
             exp, ref_grads = grad_of(ref, *inputs, up=up)
             what = f"bias={bias is not None} hits={hits}"
             assert_close(out, exp, LOSS[F64], what)
-            for a, e in zip(grads, ref_grads):
+            for a, e in zip(grads, ref_grads, strict=True):
                 assert_close(a, e, LOSS[F64], what + " grad")
             if reduction == "none":
                 assert out[2] == 0

@@ -226,7 +226,8 @@ def linear_cross_entropy(
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size)
     h = hidden.reshape(-1, hidden.shape[-1])
-    t, keep = check_target(target, hidden.shape[:-1], v, ignore_index, "hidden without its last dim")
+    t, keep = check_target(target, hidden.shape[:-1], v, ignore_index,
+                           "hidden without its last dim")
     t, keep = t.to(h.device), keep.to(h.device)
     acc = torch.float32 if h.dtype in LOW_PRECISION else h.dtype
     cw = class_weights(class_weight, v, h.new_empty((), dtype=acc), "class_weight")

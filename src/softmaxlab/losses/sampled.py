@@ -145,7 +145,8 @@ def sampled_softmax_loss(
     """
     reduction = check_reduction(reduction)
     true, sampled, keep = _candidate_logits(hidden, weight, target, bias, num_sampled, noise,
-                                            samples, remove_accidental_hits, generator, ignore_index)
+                                            samples, remove_accidental_hits, generator,
+                                            ignore_index)
     loss = torch.cat([true[:, None], sampled], -1).logsumexp(-1) - true
     return _reduce_rows(loss, keep, reduction)
 
@@ -179,6 +180,7 @@ def nce_loss(
     """
     reduction = check_reduction(reduction)
     true, sampled, keep = _candidate_logits(hidden, weight, target, bias, num_sampled, noise,
-                                            samples, remove_accidental_hits, generator, ignore_index)
+                                            samples, remove_accidental_hits, generator,
+                                            ignore_index)
     loss = F.softplus(-true) + F.softplus(sampled).sum(-1)
     return _reduce_rows(loss, keep, reduction)
