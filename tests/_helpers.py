@@ -215,7 +215,7 @@ def random_mask(shape, g: torch.Generator, min_kept: int, dim: int = -1) -> torc
     moved = list(shape)
     moved.append(moved.pop(dim))
     rank = torch.rand(moved, generator=g).argsort(-1).argsort(-1)
-    kept = torch.randint(min(min_kept, n), max(min_kept, n - 1) + 1, moved[:-1] + [1],
+    kept = torch.randint(min(min_kept, n), max(min_kept, n - 1) + 1, [*moved[:-1], 1],
                          generator=g)
     return (rank < kept).movedim(-1, dim)
 

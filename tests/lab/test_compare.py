@@ -196,7 +196,7 @@ def test_a_diverging_mapping_is_recorded_as_failed_and_the_others_go_on(tmp_path
     nan_loss = lab_heads.Head("diverges", softmax.mapping,
                               lambda out, y: softmax.loss(out, y) * float("nan"))
     everything = lab_heads.heads()
-    monkeypatch.setattr(lab_heads, "heads", lambda: everything + (nan_loss,))
+    monkeypatch.setattr(lab_heads, "heads", lambda: (*everything, nan_loss))
     out = compare(mappings="softmax,diverges", seeds=1, out=tmp_path, **SMALL)
     by_name = {r["mapping"]: r for r in runs_of(out)}
     assert by_name["softmax"]["status"] == "ok"
@@ -239,7 +239,7 @@ def test_a_malformed_data_file_names_the_problem(tmp_path, capsys, text, words):
     data.write_text(text)
     assert main(["compare", "--dataset", str(data), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    for w in [str(data)] + words:
+    for w in [str(data), *words]:
         assert w in err
 
 

@@ -256,7 +256,7 @@ def test_soft_margin_published_formula_single_row():
 @pytest.mark.parametrize("case", SM_CASES, ids=_mid_ids)
 def test_soft_margin_zero_margin_is_cross_entropy_and_monotone(case):
     mapping, params = case
-    x, t, ii, c = make_batch("NCdd", "neg100", "smmono")
+    x, t, _ii, c = make_batch("NCdd", "neg100", "smmono")
     w = class_weight(c)
     for reduction in REDUCTIONS:
         kw = dict(weight=w, reduction=reduction, label_smoothing=0.1)
@@ -325,7 +325,7 @@ def test_sparse_softmax_published_example_and_full_k():
     # target outside top-2: normalizer over {0, 1, 3}
     assert abs(L.sparse_softmax_loss(z, torch.tensor([3]), k=2).item()
                - (math.log(math.exp(3) + math.exp(2) + math.exp(-2)) + 2)) < 1e-14
-    x, t, ii, c = make_batch("NCdd", "neg100", "ssfull")
+    x, t, _ii, c = make_batch("NCdd", "neg100", "ssfull")
     for reduction in REDUCTIONS:
         assert_close(L.sparse_softmax_loss(x, t, k=c, reduction=reduction),
                      F.cross_entropy(x, t, reduction=reduction), LOSS[F64], reduction)

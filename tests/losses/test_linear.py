@@ -130,7 +130,7 @@ def test_linear_cross_entropy_low_precision():
     assert out.dtype == dtype and all(gr.dtype == dtype for gr in grads)
     ref, ref_grads = grad_of(lambda hh, ww, bb: F.cross_entropy(hh @ ww.T + bb, t),
                              h.double(), w.double(), b.double())
-    f32, f32_grads = grad_of(lambda hh, ww, bb: F.cross_entropy(hh @ ww.T + bb, t),
+    f32, _f32_grads = grad_of(lambda hh, ww, bb: F.cross_entropy(hh @ ww.T + bb, t),
                              h.float(), w.float(), b.float())
     naive, naive_grads = grad_of(lambda hh, ww, bb: F.cross_entropy(hh @ ww.T + bb, t), h, w, b)
     u = torch.finfo(dtype).eps / 2

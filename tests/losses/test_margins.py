@@ -173,7 +173,7 @@ def test_arcface_gradcheck_away_from_boundary():
 
 # ================================================================== ensemble soft margin
 def test_ensemble_diversity_zero_is_mean_of_members():
-    x, t, ii, c = make_batch("NC", "neg100", "ens")
+    x, t, _ii, c = make_batch("NC", "neg100", "ens")
     members = [x, x * 0.5 + 1, torch.randn(x.shape, generator=gen("ens2"), dtype=F64)]
     w = class_weight(c)
     for reduction in REDUCTIONS:
@@ -211,7 +211,7 @@ def test_hsic_detects_dependence():
 
 
 def test_ensemble_diversity_term():
-    x, t, ii, c = make_batch("NC", "neg100", "ensdiv")
+    x, t, _ii, _c = make_batch("NC", "neg100", "ensdiv")
     g = gen("ensdiv2")
     zs = [x, torch.randn(x.shape, generator=g, dtype=F64), x + 0.3 * torch.randn(
         x.shape, generator=g, dtype=F64)]

@@ -325,9 +325,9 @@ def test_bad_probability_targets_raise_naming_target():
         L.cross_entropy(x[..., None], torch.rand(3, 1, 4, dtype=F64))
     with pytest.raises(TypeError, match=r"target.*integer class indices.*\(3, 4\).*float64"):
         L.cross_entropy(x, torch.tensor([0.0, 1.0, 2.0], dtype=F64))
-    with pytest.raises(TypeError, match="target.*bool"):
+    with pytest.raises(TypeError, match=r"target.*bool"):
         L.cross_entropy(x, torch.ones(3, 4, dtype=torch.bool))
-    with pytest.raises(TypeError, match="target.*complex"):
+    with pytest.raises(TypeError, match=r"target.*complex"):
         L.cross_entropy(x, torch.ones(3, 4, dtype=torch.complex128))
     with pytest.raises(ValueError, match=r"target shape \(3, 4\)"):  # ints are class ids
         L.cross_entropy(x, torch.ones(3, 4, dtype=torch.long))

@@ -146,7 +146,7 @@ def _call_options(name, tensor_value):
 
 def _forward_pair(name, tensor_value):
     """(module output, function output) on the same inputs; gradient pairs too."""
-    module_cls, fn, _, make_inputs, tensor_opt = CASES[name]
+    module_cls, fn, _, make_inputs, _tensor_opt = CASES[name]
     opts = _call_options(name, tensor_value)
     if name == "GraphTVPenalty":
         module = module_cls(tensor_value, **opts)

@@ -88,7 +88,8 @@ def _margin_head(name: str, loss: Callable, **kw) -> Head:
 
 def heads() -> tuple[Head, ...]:
     """Every lab head: the registry's mappings (in order), then the margin losses."""
-    return tuple(_mapping_head(m) for m in mappings()) + (
+    return (
+        *(_mapping_head(m) for m in mappings()),
         _margin_head("am_softmax", L.am_softmax_loss),
         _margin_head("real_am", L.am_softmax_loss, real=True),
         _margin_head("arcface", L.arcface_loss),

@@ -179,7 +179,7 @@ def table_rows(summary: Summary, metrics: list[str], mark: str) -> tuple[list[st
         cells = [cell(row, m) + (mark if summary.best.get(m) == row.mapping else "")
                  for m in metrics]
         p = f" ({row.p_value:.3g})" if row.p_value is not None else ""
-        out.append([row.mapping, runs_cell(row)] + cells + [row.vs_reference + p])
+        out.append([row.mapping, runs_cell(row), *cells, row.vs_reference + p])
     return header, out
 
 
@@ -382,9 +382,9 @@ def _csv(summary: Summary, path: Path) -> None:
                 ms = row.mean_std(m)
                 stats += [repr(ms[0]), repr(ms[1])] if ms else ["", ""]
             w.writerow([row.mapping, row.status, len(row.seeds_ok),
-                        len(row.failures) if row.status != "skipped" else 0] + stats
-                       + [row.vs_reference, "" if row.p_value is None else repr(row.p_value),
-                          "; ".join(row.failures)])
+                        len(row.failures) if row.status != "skipped" else 0, *stats,
+                        row.vs_reference, "" if row.p_value is None else repr(row.p_value),
+                        "; ".join(row.failures)])
 
 
 def _markdown(summary: Summary, images: dict[str, bytes]) -> str:
@@ -393,7 +393,7 @@ def _markdown(summary: Summary, images: dict[str, bytes]) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += [""] + [f"- {n}" for n in _notes(summary)] + [""]
-    lines += timing_lines(summary) + [""]
+    lines += [*timing_lines(summary), ""]
     if _problems(summary):
         lines += ["## Skipped and failed", ""] + [f"- {p}" for p in _problems(summary)] + [""]
     lines += [f"![{name}](plots/{name}.png)" for name in images]

@@ -159,7 +159,7 @@ def gpu_suite(quick: bool) -> list[Case]:
                       package="liger_kernel", dist="liger-kernel",
                       note="LigerFusedLinearCrossEntropyLoss, accum_dtype=float32")
     out.append(LinearCase("gpu", "linear_cross_entropy", shape, bf16, dev,
-                          linear_impls(gpu=True) + (liger_fp32,) + budgets,
+                          (*linear_impls(gpu=True), liger_fp32, *budgets),
                           (Target("memory", 1.0, "cce", ("both",),
                                   "target: memory <= cut-cross-entropy's"),
                            Target("time", 1.1, "liger", ("both",),
