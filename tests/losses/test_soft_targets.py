@@ -245,8 +245,9 @@ def test_soft_cross_entropy_gradcheck(case):
     w = class_weight(c)
     for reduction in ("none", "mean"):
         assert torch.autograd.gradcheck(
-            lambda z, t: L.cross_entropy(z, t, mapping=name, weight=w, reduction=reduction,
-                                         label_smoothing=0.2, **params), (x, y))
+            lambda z, t, *, reduction=reduction: L.cross_entropy(
+                z, t, mapping=name, weight=w, reduction=reduction, label_smoothing=0.2, **params),
+            (x, y))
 
 
 # ================================================================== 0 log 0, NaN

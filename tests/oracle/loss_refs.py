@@ -284,7 +284,7 @@ def _sampled_rows(hidden, weight, target, bias, q, samples, remove_hits, kind, i
             per.append(None)
             continue
 
-        def corrected(c):
+        def corrected(c, *, i=i):
             z = (hidden[i] * weight[c]).sum()
             if bias is not None:
                 z = z + bias[c]
