@@ -143,7 +143,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 _add_grads(g, h[sl], w, sl, gh, gw, gb)
         ctx.opts, ctx.eager = opts, eager
         if eager:
-            ctx.save_for_backward(gh, gw.to(w.dtype), None if b is None else gb.to(b.dtype))
+            ctx.save_for_backward(gh, gw.to(w.dtype), None if b is None or gb is None
+                                  else gb.to(b.dtype))
             return loss.sum() / denom
         ctx.save_for_backward(h, w, b, t, keep, cw)
         return loss if opts.reduction == "none" else loss.sum() / denom
@@ -168,7 +169,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             sl = slice(s, min(s + cs, n))
             _, g_c = _chunk(h[sl], w, b, t[sl], keep[sl], cw, opts, buf, fast, g[sl])
             _add_grads(g_c, h[sl], w, sl, gh, gw, gb)
-        return gh, gw.to(w.dtype), None if b is None else gb.to(b.dtype), *([None] * 5)
+        return (gh, gw.to(w.dtype), None if b is None or gb is None else gb.to(b.dtype),
+                *([None] * 5))
 
 
 def linear_cross_entropy(
