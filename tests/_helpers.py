@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import inspect
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -118,7 +119,7 @@ class Case:
     def __str__(self) -> str:
         return self.name + "".join(f"-{k}={v!r}" for k, v in self.overrides)
 
-    def with_params(self, **params: Any) -> "Case":
+    def with_params(self, **params: Any) -> Case:
         return Case(self.mapping, self.fn, tuple({**dict(self.overrides), **params}.items()))
 
     def __call__(self, x: torch.Tensor, dim: int = -1, **extra: Any) -> torch.Tensor:
@@ -214,7 +215,7 @@ def random_mask(shape, g: torch.Generator, min_kept: int, dim: int = -1) -> torc
     moved = list(shape)
     moved.append(moved.pop(dim))
     rank = torch.rand(moved, generator=g).argsort(-1).argsort(-1)
-    kept = torch.randint(min(min_kept, n), max(min_kept, n - 1) + 1, moved[:-1] + [1],
+    kept = torch.randint(min(min_kept, n), max(min_kept, n - 1) + 1, [*moved[:-1], 1],
                          generator=g)
     return (rank < kept).movedim(-1, dim)
 
@@ -325,6 +326,6 @@ def expect_raises(exc, words, fn: Callable, *args: Any, **kwargs: Any):
         missing = [w for w in words if w not in msg]
         assert not missing, f"{type(e).__name__} message {msg!r} does not mention {missing}"
         return
-    except Exception as e:  # noqa: BLE001  (report the wrong type)
+    except Exception as e:  # any other type: report it as the wrong one
         raise AssertionError(f"expected {name}, got {type(e).__name__}: {e}") from e
     raise AssertionError(f"expected {name}, nothing was raised")

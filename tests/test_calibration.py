@@ -347,11 +347,11 @@ def test_fit_bad_arguments():
         fit_temperature(z[0], y)
     with pytest.raises(ValueError, match="target"):
         fit_temperature(z, y[:-1])
-    with pytest.raises(ValueError, match="target.*-1"):
+    with pytest.raises(ValueError, match=r"target.*-1"):
         fit_temperature(z, torch.full_like(y, -1))
     bad = z.clone()
     bad[3, 1] = float("nan")
-    with pytest.raises(ValueError, match="logits.*nan"):
+    with pytest.raises(ValueError, match=r"logits.*nan"):
         fit_temperature(bad, y)
     masked = z.clone()
     masked[0, y[0]] = float("-inf")  # the target has probability 0 for every T
@@ -379,21 +379,21 @@ def test_fit_does_not_touch_the_graph():
 def test_metric_bad_arguments(fn):
     p = torch.tensor(HAND_PROBS)
     y = torch.tensor(HAND_TARGET)
-    with pytest.raises(TypeError, match="probs.*int64"):
+    with pytest.raises(TypeError, match=r"probs.*int64"):
         fn(p.long(), y)
     with pytest.raises(TypeError, match="probs"):
         fn(HAND_PROBS, y)
-    with pytest.raises(ValueError, match="probs.*2-D"):
+    with pytest.raises(ValueError, match=r"probs.*2-D"):
         fn(p[0], y)
-    with pytest.raises(ValueError, match="probs.*2-D"):
+    with pytest.raises(ValueError, match=r"probs.*2-D"):
         fn(p[None], y)
-    with pytest.raises(TypeError, match="target.*float"):
+    with pytest.raises(TypeError, match=r"target.*float"):
         fn(p, y.float())
-    with pytest.raises(TypeError, match="target.*bool"):
+    with pytest.raises(TypeError, match=r"target.*bool"):
         fn(p, y.bool())
-    with pytest.raises(ValueError, match="target.*shape"):
+    with pytest.raises(ValueError, match=r"target.*shape"):
         fn(p, y[:-1])
-    with pytest.raises(ValueError, match="target.*shape"):
+    with pytest.raises(ValueError, match=r"target.*shape"):
         fn(p, y[:, None])
     with pytest.raises(ValueError, match=r"target must be in \[0, 3\), got 3"):
         fn(p, torch.tensor([0, 1, 2, 3, 0, 0, 0]))
@@ -404,7 +404,7 @@ def test_metric_bad_arguments(fn):
         q[2, 1] = bad_value
         with pytest.raises(ValueError, match="probs.*" + str(bad_value).replace(".", r"\.")):
             fn(q, y)
-    with pytest.raises(ValueError, match="probs.*row"):
+    with pytest.raises(ValueError, match=r"probs.*row"):
         fn(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
 
 

@@ -20,7 +20,7 @@ class Tol:
     rtol: float
     atol: float
 
-    def __add__(self, atol: float) -> "Tol":
+    def __add__(self, atol: float) -> Tol:
         return Tol(self.rtol, self.atol + atol)
 
 

@@ -37,9 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._validation import check_int
 from ._registry import Mapping, get_mapping
-from ._validation import check_input
+from ._validation import check_input, check_int
 
 __all__ = [
     "Reliability",
@@ -59,7 +58,7 @@ __all__ = [
 def _check_rows(x: object, target: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Check ``x`` is a floating ``(N, C)`` tensor with ``N >= 1`` and ``target`` integer
     ``(N,)`` with values in ``[0, C)``; return ``x`` and ``target`` as int64 on x's device."""
-    check_input(x, name)
+    x = check_input(x, name)
     if x.dim() != 2:
         raise ValueError(
             f"{name} must be 2-D (N, C) with the class dimension last, got shape {tuple(x.shape)}"
@@ -278,10 +277,12 @@ _LOG_T_BOUND = 30.0  # the fit searches T in [e^-30, e^30], about [1e-13, 1e13]
 def _scaled_log_probs(m: Mapping, params: dict):
     """``(z, log T) -> log mapping(z / T)``: through the mapping's own ``temperature``
     parameter when it has one that takes tensors, else by dividing the logits."""
+    log_fn = m.log_fn
+    assert log_fn is not None, f"{m.name} has no log form"
     names = {p.name for p in m.params}
     if "temperature" in names and torch.Tensor in m.param("temperature").types:
-        return lambda z, log_t: m.log_fn(z, temperature=log_t.exp(), **params)
-    return lambda z, log_t: m.log_fn(z / log_t.exp(), **params)
+        return lambda z, log_t: log_fn(z, temperature=log_t.exp(), **params)
+    return lambda z, log_t: log_fn(z / log_t.exp(), **params)
 
 
 def fit_temperature(

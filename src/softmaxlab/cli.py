@@ -12,7 +12,7 @@ import argparse
 import importlib
 import math
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

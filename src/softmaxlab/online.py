@@ -48,7 +48,7 @@ class OnlineState:
                    torch.zeros(tuple(shape), dtype=dtype, device=device))
 
     @classmethod
-    def from_chunk(cls, x: torch.Tensor, dim: int = -1) -> "OnlineState":
+    def from_chunk(cls, x: torch.Tensor, dim: int = -1) -> OnlineState:
         """The state of the entries of ``x`` along ``dim`` (computed in float32 or better)."""
         check_input(x)
         d = check_dim(x, dim)
@@ -60,11 +60,12 @@ class OnlineState:
         safe = m.masked_fill(m == NEG_INF, 0.0)
         return cls(m, (x - safe.unsqueeze(d)).exp().sum(d))
 
-    def merge(self, other: "OnlineState") -> "OnlineState":
+    def merge(self, other: OnlineState) -> OnlineState:
         """Combine two states of disjoint parts of the same rows (associative, commutative)."""
         m = torch.maximum(self.max, other.max)
         safe = m.masked_fill(m == NEG_INF, 0.0)
-        return OnlineState(m, self.sum * (self.max - safe).exp() + other.sum * (other.max - safe).exp())
+        return OnlineState(m, self.sum * (self.max - safe).exp()
+                           + other.sum * (other.max - safe).exp())
 
     def logsumexp(self) -> torch.Tensor:
         """``log sum exp`` of every entry seen (``-inf`` for an empty row)."""

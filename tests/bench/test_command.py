@@ -9,8 +9,8 @@ import os
 import pytest
 
 import softmaxlab as sl
-from softmaxlab.cli import main
 from softmaxlab.bench import environment, records, results, suites, timing
+from softmaxlab.cli import main
 
 
 def test_quick_cli_run_writes_json_with_every_documented_field(tmp_path, capsys, monkeypatch):
@@ -58,7 +58,7 @@ def test_quick_cli_run_writes_json_with_every_documented_field(tmp_path, capsys,
         for base, ratio in cand["ratios"].items():
             assert ratio == pytest.approx(cand["median_s"] / by[base, mode]["median_s"])
     # the naive form materializes the N x V logits: its peak holds at least them
-    n, d, v = case["shape"]
+    n, _d, v = case["shape"]
     assert by["F.cross_entropy", "both"]["peak_mem_bytes"] >= n * v * 4
     targets = by["softmaxlab", "both"]["targets"]
     assert {t["metric"] for t in targets} == {"time", "memory"}

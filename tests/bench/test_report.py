@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import softmaxlab as sl
-from softmaxlab.cli import main
 from softmaxlab.bench import records, report, results, runner
+from softmaxlab.cli import main
 
 
 def test_format_time_picks_a_readable_unit():

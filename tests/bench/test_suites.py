@@ -95,7 +95,7 @@ def _tiny(case):
 def test_overhead_suite_covers_every_registered_function_forward_only():
     cases = suites.build_suite("overhead", quick=True)
     fns = [f.__name__ for m in sl.mappings() for f in (m.fn, m.log_fn) if f is not None]
-    assert [c.op for c in cases] == fns + ["softmax_topk(k=2)", "cross_entropy"]
+    assert [c.op for c in cases] == [*fns, "softmax_topk(k=2)", "cross_entropy"]
     for c in cases:
         assert c.shape == (4, 8) and c.dtype == torch.float32 and c.modes == ("forward",)
         assert [t.label() for t in c.targets] == [f"time vs {c.impls[1].name} <= 2x"]

@@ -29,7 +29,7 @@ def test_backward_mode_times_the_backward_alone_and_forward_mode_builds_no_graph
     assert torch.allclose(dx, x.exp())
     bwd.after()
     both = timing.AutogradStep(fn, inputs, "both")
-    y, (dx,) = both.call()
+    _y, (dx,) = both.call()
     assert fn.forwards == 2 and torch.allclose(dx, x.exp())
     fwd = timing.AutogradStep(fn, inputs, "forward")
     assert fwd.call().grad_fn is None

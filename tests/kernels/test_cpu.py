@@ -33,7 +33,7 @@ from softmaxlab.kernels import cpu
 from softmaxlab.losses import linear_cross_entropy
 
 from .._helpers import NEG_INF, assert_close, gen
-from ..tolerances import ORACLE, Tol, ulp
+from ..tolerances import ORACLE, ulp
 
 numba_missing = pytest.mark.skipif(
     not kernels.registry.available("numba"), reason="numba is not installed")
@@ -326,7 +326,7 @@ def test_softmax_double_backward(log, dtype, backend):
         return g.detach(), h
 
     fast, ref = hessian_vector(""), hessian_vector("reference")
-    for a, e in zip(fast, ref):
+    for a, e in zip(fast, ref, strict=True):
         assert_close(a, e, ORACLE[dtype])
     if dtype == F64:
         backend("")
@@ -360,7 +360,8 @@ def check_topk(x: torch.Tensor, k: int, dim: int, backend, expect: str, ties: bo
     def run_topk(z):
         zz = z.detach().clone().requires_grad_()
         p, idx = sl.softmax_topk(zz, k, dim=dim)
-        (grad,) = torch.autograd.grad(p, zz, up.to(p.dtype).expand_as(p.movedim(dim, -1)).movedim(-1, dim))
+        upstream = up.to(p.dtype).expand_as(p.movedim(dim, -1)).movedim(-1, dim)
+        (grad,) = torch.autograd.grad(p, zz, upstream)
         return p.detach(), idx, grad
 
     p, idx, grad = run_topk(x)
@@ -449,12 +450,12 @@ def test_linear_cross_entropy_softmax_path(options, chunk, reduction, backend):
     out, grads = run_lce("", F32)
     exp, exp_grads = run_lce("reference", F64)
     assert_close(out, exp, ORACLE[F32], "loss")
-    for a, e in zip(grads, exp_grads):
+    for a, e in zip(grads, exp_grads, strict=True):
         assert_close(a, e, ORACLE[F32], "gradient")
     low, low_grads = run_lce("", torch.bfloat16)
     ref_low, ref_low_grads = run_lce("reference", torch.bfloat16)
     assert_close(low, ref_low, ulp(torch.bfloat16), "bfloat16 loss")
-    for a, e in zip(low_grads, ref_low_grads):
+    for a, e in zip(low_grads, ref_low_grads, strict=True):
         assert_close(a, e, ulp(torch.bfloat16) + 1e-3, "bfloat16 gradient")
 
 

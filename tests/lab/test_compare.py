@@ -20,13 +20,13 @@ import torch
 pytest.importorskip("matplotlib", reason="the lab extra is not installed (pip install -e .[lab])")
 pytest.importorskip("rich", reason="the lab extra is not installed (pip install -e .[lab])")
 
-from softmaxlab.cli import main  # noqa: E402
-from softmaxlab.lab import heads as lab_heads  # noqa: E402
-from softmaxlab.lab import results  # noqa: E402
-from softmaxlab.lab.compare import compare  # noqa: E402
-from softmaxlab.lab.datasets import Dataset, Split, load  # noqa: E402
-from softmaxlab.lab.report import METRICS, cell, summarize  # noqa: E402
-from softmaxlab.lab.train import RunConfig, run  # noqa: E402
+from softmaxlab.cli import main
+from softmaxlab.lab import heads as lab_heads
+from softmaxlab.lab import results
+from softmaxlab.lab.compare import compare
+from softmaxlab.lab.datasets import Dataset, Split, load
+from softmaxlab.lab.report import METRICS, cell, summarize
+from softmaxlab.lab.train import RunConfig, run
 
 SMALL = dict(dataset="digits", limit=300, epochs=2, progress=False)
 #: Metrics that measure time or memory: the only ones allowed to differ between reruns.
@@ -196,7 +196,7 @@ def test_a_diverging_mapping_is_recorded_as_failed_and_the_others_go_on(tmp_path
     nan_loss = lab_heads.Head("diverges", softmax.mapping,
                               lambda out, y: softmax.loss(out, y) * float("nan"))
     everything = lab_heads.heads()
-    monkeypatch.setattr(lab_heads, "heads", lambda: everything + (nan_loss,))
+    monkeypatch.setattr(lab_heads, "heads", lambda: (*everything, nan_loss))
     out = compare(mappings="softmax,diverges", seeds=1, out=tmp_path, **SMALL)
     by_name = {r["mapping"]: r for r in runs_of(out)}
     assert by_name["softmax"]["status"] == "ok"
@@ -239,7 +239,7 @@ def test_a_malformed_data_file_names_the_problem(tmp_path, capsys, text, words):
     data.write_text(text)
     assert main(["compare", "--dataset", str(data), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    for w in [str(data)] + words:
+    for w in [str(data), *words]:
         assert w in err
 
 

@@ -98,7 +98,7 @@ def test_split_indices_disjoint_and_covering():
     tr, va, te = _core.stratified_indices(y, seed=3)
     np.testing.assert_array_equal(np.sort(np.concatenate([tr, va, te])), np.arange(103))
     again = _core.stratified_indices(y, seed=3)
-    assert all(np.array_equal(a, b) for a, b in zip((tr, va, te), again))
+    assert all(np.array_equal(a, b) for a, b in zip((tr, va, te), again, strict=True))
 
 
 @needs_digits
@@ -156,7 +156,7 @@ def test_mnist_malformed(tmp_path):
     bad = tmp_path / "mnist.pkl.gz"
     with gzip.open(bad, "wb") as f:
         pickle.dump({"not": "mnist"}, f)
-    with pytest.raises(ValueError, match="mnist.pkl.gz: not an MNIST pickle"):
+    with pytest.raises(ValueError, match=r"mnist\.pkl\.gz: not an MNIST pickle"):
         D.get_dataset("mnist").load(root=bad)
 
 
@@ -179,7 +179,7 @@ def test_idx_malformed(tmp_path):
     with pytest.raises(ValueError, match="not an idx file"):
         D.get_dataset("fashion-mnist").load(root=root)
     (root / "train-images-idx3-ubyte.gz").unlink()
-    with pytest.raises(ValueError, match="missing train-images-idx3-ubyte.gz"):
+    with pytest.raises(ValueError, match=r"missing train-images-idx3-ubyte\.gz"):
         D.get_dataset("fashion-mnist").load(root=root)
 
 
@@ -226,9 +226,9 @@ def test_movielens_inter(tmp_path):
     assert ds.test.y.tolist() == [4, 1] and ds.val.y.tolist() == [3, 5]
     assert ds.test.x.shape == (2, 50) and ds.test.x[0, -3:].tolist() == [1, 2, 3]
     assert (ds.test.x[0, :-3] == 0).all()
-    train = sorted(zip(ds.train.x[:, -1].tolist(), ds.train.y.tolist()))
+    train = sorted(zip(ds.train.x[:, -1].tolist(), ds.train.y.tolist(), strict=True))
     assert train == [(1, 2)]  # user 1: 1 -> 2; user 2's 2 -> 5 is val, user 3 has one item
-    pair = make_inter(tmp_path / "z.inter", INTER + [(4, 10, 1, 1), (4, 20, 1, 2)])
+    pair = make_inter(tmp_path / "z.inter", [*INTER, (4, 10, 1, 1), (4, 20, 1, 2)])
     ds = D.get_dataset("movielens-100k").load(root=pair)  # 2 items: a train row only
     assert sorted(ds.train.y.tolist()) == [2, 2] and len(ds.test) == 2
     long = [(7, k, 1, k) for k in range(1, 61)]
@@ -240,7 +240,7 @@ def test_movielens_malformed(tmp_path):
     spec = D.get_dataset("movielens-100k")
     p = tmp_path / "bad.inter"
     p.write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t2\n")
-    with pytest.raises(ValueError, match="bad.inter: line 2 has 2 fields, expected 3"):
+    with pytest.raises(ValueError, match=r"bad\.inter: line 2 has 2 fields, expected 3"):
         spec.load(root=p)
     p.write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t2\tyesterday\n")
     with pytest.raises(ValueError, match="line 2: timestamp 'yesterday' is not a number"):
@@ -280,7 +280,7 @@ def test_npz_bad(tmp_path):
     with pytest.raises(ValueError, match=r"X of shape \(N, \*features\)"):
         D.load(p)
     p.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match=r"not a readable \.npz"):
         D.load(p)
 
 
@@ -312,7 +312,7 @@ def test_csv_bad(tmp_path):
     with pytest.raises(ValueError, match=r"t.csv: line 5, column 'f2': 'oops' is not a number"):
         D.load(p)
     p.write_text(CSV.replace("3,b,1.5", "3,b"))
-    with pytest.raises(ValueError, match="t.csv: line 5 has 2 fields, expected 3"):
+    with pytest.raises(ValueError, match=r"t\.csv: line 5 has 2 fields, expected 3"):
         D.load(p)
     p.write_text("f1,label\n")
     with pytest.raises(ValueError, match="header but no data rows"):
@@ -321,7 +321,7 @@ def test_csv_bad(tmp_path):
     with pytest.raises(ValueError, match="too few for a train/val/test split"):
         D.load(p)
     p.write_text("")
-    with pytest.raises(ValueError, match="t.csv: empty file"):
+    with pytest.raises(ValueError, match=r"t\.csv: empty file"):
         D.load(p)
     with pytest.raises(ValueError, match="is a classification dataset, not language_model"):
         D.load(p, task="language_model")
@@ -330,7 +330,7 @@ def test_csv_bad(tmp_path):
     with pytest.raises(ValueError, match="unknown task"):
         D.load("digits", task="regression")
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(ValueError, match="unsupported file type '.json'"):
+    with pytest.raises(ValueError, match=r"unsupported file type '\.json'"):
         D.load(tmp_path / "x.json")
 
 
@@ -361,10 +361,10 @@ def test_txt_corpus(tmp_path):
     assert ds.sizes() == (270, 15, 15) and ds.meta["vocab"][:2] == ["<unk>", "<eos>"]
     assert D.load(p, task="language_model", limit=5).sizes() == (5, 5, 5)
     p.write_text("\n \n")
-    with pytest.raises(ValueError, match="corpus.txt: empty file"):
+    with pytest.raises(ValueError, match=r"corpus\.txt: empty file"):
         D.load(p)
     p.write_bytes(b"")
-    with pytest.raises(ValueError, match="corpus.txt: empty file"):
+    with pytest.raises(ValueError, match=r"corpus\.txt: empty file"):
         D.load(p)
     p.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ValueError, match="not UTF-8"):

@@ -64,7 +64,7 @@ def rows_to_layout(rows: torch.Tensor, shape) -> torch.Tensor:
     """Inverse of R.to_rows for a gradient ``(M, C)``."""
     if len(shape) == 1:
         return rows[0]
-    moved = (shape[0],) + tuple(shape[2:]) + (shape[1],)
+    moved = (shape[0], *shape[2:], shape[1])
     return rows.reshape(moved).movedim(-1, 1)
 
 

@@ -55,8 +55,9 @@ def test_minus_inf_padding_equals_slicing(loss):
     padded = torch.cat([x[:, :2], torch.full((5, 2), float("-inf"), dtype=F64), x[:, 2:]], 1)
     tp = torch.where(t >= 2, t + 2, t)
     for reduction in REDUCTIONS:
-        out, (gp,) = grad_of(lambda z: fn(z, tp, reduction=reduction), padded)
-        exp, (gs,) = grad_of(lambda z: fn(z, t, reduction=reduction), x)
+        out, (gp,) = grad_of(lambda z, *, reduction=reduction: fn(z, tp, reduction=reduction),
+                             padded)
+        exp, (gs,) = grad_of(lambda z, *, reduction=reduction: fn(z, t, reduction=reduction), x)
         assert_close(out, exp, LOSS[F64], f"{name} {reduction}")
         assert_close(gp[:, [0, 1, 4, 5]], gs, LOSS[F64], f"{name} {reduction} grad")
         assert torch.equal(gp[:, 2:4], torch.zeros(5, 2, dtype=F64))

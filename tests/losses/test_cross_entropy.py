@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from softmaxlab import losses as L
 
-from ..oracle import loss_refs as R
 from .._helpers import assert_close, gen
+from ..oracle import loss_refs as R
 from ..tolerances import LOSS, LOSS_VS_TORCH, LOW_FACTOR
 from ._common import (
     CE_CONFIGS,
@@ -67,7 +67,7 @@ def test_cross_entropy_every_row_ignored_is_zero(layout, reduction):
         t = torch.full_like(t, ii)
         w = class_weight(c) if weighted else None
         kw = dict(weight=w, ignore_index=ii, reduction=reduction, label_smoothing=smoothing)
-        out, (g,) = grad_of(lambda z: L.cross_entropy(z, t, **kw), x,
+        out, (g,) = grad_of(lambda z, *, t=t, kw=kw: L.cross_entropy(z, t, **kw), x,
                             up=torch.full(t.shape if reduction == "none" else (), 0.3, dtype=F64))
         assert out.shape == (t.shape if reduction == "none" else ())
         assert not out.isnan().any() and (out == 0).all(), (ii, weighted, smoothing, out)
@@ -87,8 +87,8 @@ def test_label_smoothing_does_not_count_ignored_rows(mapping, smoothing, weighte
     w = class_weight(6) if weighted else None
     for reduction in ("mean", "sum"):
         kw = dict(mapping=mapping, weight=w, reduction=reduction, label_smoothing=smoothing)
-        full, (g_full,) = grad_of(lambda z: L.cross_entropy(z, t, **kw), x)
-        sub, (g_sub,) = grad_of(lambda z: L.cross_entropy(z, t[kept], **kw), x[kept])
+        full, (g_full,) = grad_of(lambda z, *, kw=kw: L.cross_entropy(z, t, **kw), x)
+        sub, (g_sub,) = grad_of(lambda z, *, kw=kw: L.cross_entropy(z, t[kept], **kw), x[kept])
         assert_close(full, sub, LOSS[F64], f"{reduction}: ignored rows changed the loss")
         assert_close(g_full[kept], g_sub, LOSS[F64], f"{reduction}: kept rows' gradient")
         assert torch.equal(g_full[~kept], torch.zeros_like(g_full[~kept]))
@@ -141,8 +141,9 @@ def test_cross_entropy_other_mappings_gradcheck(mapping):
     w = class_weight(4)
     for reduction in ("none", "mean"):
         assert torch.autograd.gradcheck(
-            lambda z: L.cross_entropy(z, t, mapping=name, weight=w, reduction=reduction,
-                                      label_smoothing=0.2, **params), (x,))
+            lambda z, *, reduction=reduction: L.cross_entropy(
+                z, t, mapping=name, weight=w, reduction=reduction, label_smoothing=0.2, **params),
+            (x,))
 
 
 def test_cross_entropy_value_of_taylor_docstring_example():
@@ -228,13 +229,13 @@ def test_soft_margin_vs_reference(case, config):
     w = class_weight(c, "sm") if weighted else None
     kw = dict(weight=w, ignore_index=ii, reduction=reduction, label_smoothing=smoothing)
     for margin in (0.0, 0.35, 1.5):
-        fn = lambda z: L.soft_margin_loss(z, t, margin=margin, mapping=mapping, **kw,  # noqa: E731
-                                          **params)
+        fn = lambda z, *, margin=margin: L.soft_margin_loss(  # noqa: E731
+            z, t, margin=margin, mapping=mapping, **kw, **params)
         out0 = fn(x)
         up = upstream(out0, gen("up", mapping, reduction))
         out, (g,) = grad_of(fn, x, up=up)
-        ref, (g_ref,) = grad_of(lambda z: R.soft_margin(z, t, margin=margin, mapping=mapping,
-                                                        **kw, **params), x, up=up)
+        ref, (g_ref,) = grad_of(lambda z, *, margin=margin: R.soft_margin(
+            z, t, margin=margin, mapping=mapping, **kw, **params), x, up=up)
         assert_close(out, ref, LOSS[F64], f"value m={margin}")
         assert_close(g, g_ref, LOSS[F64], f"gradient m={margin}")
 
@@ -256,7 +257,7 @@ def test_soft_margin_published_formula_single_row():
 @pytest.mark.parametrize("case", SM_CASES, ids=_mid_ids)
 def test_soft_margin_zero_margin_is_cross_entropy_and_monotone(case):
     mapping, params = case
-    x, t, ii, c = make_batch("NCdd", "neg100", "smmono")
+    x, t, _ii, c = make_batch("NCdd", "neg100", "smmono")
     w = class_weight(c)
     for reduction in REDUCTIONS:
         kw = dict(weight=w, reduction=reduction, label_smoothing=0.1)
@@ -282,8 +283,9 @@ def test_soft_margin_gradcheck_and_bad_args():
     t = torch.tensor([2, -100, 0])
     for mapping in ("softmax", "taylor_softmax"):
         assert torch.autograd.gradcheck(
-            lambda z: L.soft_margin_loss(z, t, margin=0.4, mapping=mapping, reduction="none",
-                                         weight=class_weight(4)), (x,))
+            lambda z, *, mapping=mapping: L.soft_margin_loss(
+                z, t, margin=0.4, mapping=mapping, reduction="none", weight=class_weight(4)),
+            (x,))
     with pytest.raises(ValueError, match="margin"):
         L.soft_margin_loss(x, t, margin=-0.1)
     for mapping in ("sigsoftmax", "sparsemax", "spherical_softmax"):
@@ -312,8 +314,8 @@ def test_sparse_softmax_vs_reference(reduction):
         kw = dict(k=k, weight=w, reduction=reduction)
         out0 = L.sparse_softmax_loss(x, t, **kw)
         up = upstream(out0, gen("up", k))
-        out, (g,) = grad_of(lambda z: L.sparse_softmax_loss(z, t, **kw), x, up=up)
-        ref, (g_ref,) = grad_of(lambda z: R.sparse_softmax(z, t, **kw), x, up=up)
+        out, (g,) = grad_of(lambda z, *, kw=kw: L.sparse_softmax_loss(z, t, **kw), x, up=up)
+        ref, (g_ref,) = grad_of(lambda z, *, kw=kw: R.sparse_softmax(z, t, **kw), x, up=up)
         assert_close(out, ref, LOSS[F64], f"k={k}")
         assert_close(g, g_ref, LOSS[F64], f"grad k={k}")
 
@@ -325,7 +327,7 @@ def test_sparse_softmax_published_example_and_full_k():
     # target outside top-2: normalizer over {0, 1, 3}
     assert abs(L.sparse_softmax_loss(z, torch.tensor([3]), k=2).item()
                - (math.log(math.exp(3) + math.exp(2) + math.exp(-2)) + 2)) < 1e-14
-    x, t, ii, c = make_batch("NCdd", "neg100", "ssfull")
+    x, t, _ii, c = make_batch("NCdd", "neg100", "ssfull")
     for reduction in REDUCTIONS:
         assert_close(L.sparse_softmax_loss(x, t, k=c, reduction=reduction),
                      F.cross_entropy(x, t, reduction=reduction), LOSS[F64], reduction)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import softmaxlab as sl
 from softmaxlab import losses as L
 
-from ..oracle import loss_refs as R
 from .._helpers import assert_close, gen
+from ..oracle import loss_refs as R
 from ..tolerances import LOSS, LOSS_BISECT, LOW_FACTOR
 from ._common import (
     CE_CONFIGS,

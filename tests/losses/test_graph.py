@@ -8,8 +8,8 @@ import torch
 
 from softmaxlab import losses as L
 
-from ..oracle import loss_refs as R
 from .._helpers import assert_close, gen
+from ..oracle import loss_refs as R
 from ..tolerances import LOSS
 from ._common import REDUCTIONS, grad_of
 
@@ -37,9 +37,10 @@ def test_graph_tv_vs_reference(form, reduction):
     p = torch.softmax(torch.randn(3, 4, V_G, generator=g, dtype=F64), -1)
     graph = graph_forms()[form]
     for lam in (1.0, 0.3, 0.0):
-        out, (gp,) = grad_of(lambda q: L.graph_tv_penalty(q, graph, weight=lam,
+        out, (gp,) = grad_of(lambda q, *, lam=lam: L.graph_tv_penalty(q, graph, weight=lam,
                                                           reduction=reduction), p)
-        ref, (gr,) = grad_of(lambda q: R.graph_tv(q, EDGES, weight=lam, reduction=reduction), p)
+        ref, (gr,) = grad_of(
+            lambda q, *, lam=lam: R.graph_tv(q, EDGES, weight=lam, reduction=reduction), p)
         assert_close(out, ref, LOSS[F64], f"lambda={lam}")
         assert_close(gp, gr, LOSS[F64], f"grad lambda={lam}")
 

@@ -115,7 +115,7 @@ def _check_compiled(fn, inputs, backend, tol):
     compiled, g_compiled = _value_and_grads(torch.compile(fn, fullgraph=True, backend=backend),
                                             inputs)
     torch.testing.assert_close(compiled, eager, **tol)
-    for a, b in zip(g_compiled, g_eager):
+    for a, b in zip(g_compiled, g_eager, strict=True):
         torch.testing.assert_close(a, b, **tol)
 
 

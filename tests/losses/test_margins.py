@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from softmaxlab import losses as L
 
-from ..oracle import loss_refs as R
 from .._helpers import assert_close, gen
+from ..oracle import loss_refs as R
 from ..tolerances import LOSS
 from ._common import REDUCTIONS, class_weight, grad_of, make_batch, upstream
 
@@ -36,8 +36,8 @@ def test_am_softmax_vs_reference(real, reduction):
         kw = dict(scale=scale, margin=margin, real=real, weight=w, reduction=reduction)
         out0 = L.am_softmax_loss(cos, t, **kw)
         up = upstream(out0, gen("up", reduction))
-        out, (g,) = grad_of(lambda c: L.am_softmax_loss(c, t, **kw), cos, up=up)
-        ref, (g_ref,) = grad_of(lambda c: R.am_softmax(c, t, **kw), cos, up=up)
+        out, (g,) = grad_of(lambda c, *, kw=kw: L.am_softmax_loss(c, t, **kw), cos, up=up)
+        ref, (g_ref,) = grad_of(lambda c, *, kw=kw: R.am_softmax(c, t, **kw), cos, up=up)
         assert_close(out, ref, LOSS[F64], f"value s={scale} m={margin}")
         assert_close(g, g_ref, LOSS[F64], f"gradient s={scale} m={margin}")
 
@@ -101,8 +101,8 @@ def test_arcface_vs_reference(reduction):
         assert ((cos - boundary).abs() > 1e-6).all()
         out0 = L.arcface_loss(cos, t, **kw)
         up = upstream(out0, gen("up", reduction))
-        out, (g,) = grad_of(lambda c: L.arcface_loss(c, t, **kw), cos, up=up)
-        ref, (g_ref,) = grad_of(lambda c: R.arcface(c, t, **kw), cos, up=up)
+        out, (g,) = grad_of(lambda c, *, kw=kw: L.arcface_loss(c, t, **kw), cos, up=up)
+        ref, (g_ref,) = grad_of(lambda c, *, kw=kw: R.arcface(c, t, **kw), cos, up=up)
         assert_close(out, ref, LOSS[F64], f"value s={scale} m={margin}")
         assert_close(g, g_ref, LOSS[F64], f"gradient s={scale} m={margin}")
 
@@ -163,17 +163,18 @@ def test_arcface_gradcheck_away_from_boundary():
     w = class_weight(5)
     for margin in (0.5, 0.2):
         assert torch.autograd.gradcheck(
-            lambda c: L.arcface_loss(c, t, scale=8.0, margin=margin, weight=w,
+            lambda c, *, margin=margin: L.arcface_loss(c, t, scale=8.0, margin=margin, weight=w,
                                      reduction="none", label_smoothing=0.1), (cos,))
         assert torch.autograd.gradcheck(
-            lambda c: L.am_softmax_loss(c, t, scale=8.0, margin=margin, weight=w), (cos,))
+            lambda c, *, margin=margin: L.am_softmax_loss(c, t, scale=8.0, margin=margin,
+                                                          weight=w), (cos,))
     with pytest.raises(ValueError, match="margin"):
         L.arcface_loss(cos, t, margin=3.5)
 
 
 # ================================================================== ensemble soft margin
 def test_ensemble_diversity_zero_is_mean_of_members():
-    x, t, ii, c = make_batch("NC", "neg100", "ens")
+    x, t, _ii, c = make_batch("NC", "neg100", "ens")
     members = [x, x * 0.5 + 1, torch.randn(x.shape, generator=gen("ens2"), dtype=F64)]
     w = class_weight(c)
     for reduction in REDUCTIONS:
@@ -211,7 +212,7 @@ def test_hsic_detects_dependence():
 
 
 def test_ensemble_diversity_term():
-    x, t, ii, c = make_batch("NC", "neg100", "ensdiv")
+    x, t, _ii, _c = make_batch("NC", "neg100", "ensdiv")
     g = gen("ensdiv2")
     zs = [x, torch.randn(x.shape, generator=g, dtype=F64), x + 0.3 * torch.randn(
         x.shape, generator=g, dtype=F64)]
@@ -220,10 +221,10 @@ def test_ensemble_diversity_term():
     pairs = [R.hsic(zs[i][kept], zs[j][kept]) for i in range(3) for j in range(i + 1, 3)]
     for reduction in ("mean", "sum"):
         base = L.ensemble_soft_margin_loss(zs, t, margin=0.2, reduction=reduction)
-        out, grads = grad_of(lambda *z: L.ensemble_soft_margin_loss(
+        out, grads = grad_of(lambda *z, reduction=reduction: L.ensemble_soft_margin_loss(
             list(z), t, margin=0.2, diversity=lam, reduction=reduction), *zs)
         assert_close(out, base + lam * torch.stack(pairs).mean(), LOSS[F64], reduction)
-        _, ref_grads = grad_of(lambda *z: torch.stack(
+        _, ref_grads = grad_of(lambda *z, reduction=reduction: torch.stack(
             [R.soft_margin(zz, t, margin=0.2, reduction=reduction) for zz in z]).mean()
             + lam * torch.stack([R.hsic(z[i][kept], z[j][kept]) for i in range(3)
                                  for j in range(i + 1, 3)]).mean(), *zs)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from softmaxlab import losses as L
 
-from ..oracle import loss_refs as R
 from .._helpers import assert_close, gen
+from ..oracle import loss_refs as R
 from ..tolerances import LOSS
 from ._common import REDUCTIONS, grad_of, upstream
 
@@ -52,10 +52,10 @@ def test_sampled_losses_vs_reference(loss, kind, reduction):
                       reduction=reduction)
             inputs = (h, w) if bias is None else (h, w, bias)
 
-            def ours(hh, ww, bb=None):
+            def ours(hh, ww, bb=None, *, kw=kw):
                 return fn(hh, ww, t, bias=bb, **kw)
 
-            def ref(hh, ww, bb=None):
+            def ref(hh, ww, bb=None, *, hits=hits):
                 return R.sampled_loss(loss, hh, ww, t, q=q, samples=samples.tolist(), bias=bb,
                                       remove_hits=hits, reduction=reduction)
 
@@ -65,7 +65,7 @@ def test_sampled_losses_vs_reference(loss, kind, reduction):
             exp, ref_grads = grad_of(ref, *inputs, up=up)
             what = f"bias={bias is not None} hits={hits}"
             assert_close(out, exp, LOSS[F64], what)
-            for a, e in zip(grads, ref_grads):
+            for a, e in zip(grads, ref_grads, strict=True):
                 assert_close(a, e, LOSS[F64], what + " grad")
             if reduction == "none":
                 assert out[2] == 0
@@ -163,9 +163,11 @@ def test_sampled_ignore_index(fn):
     kept = t != -1
     kw = dict(noise="log_uniform", samples=samples, ignore_index=-1)
     for reduction in REDUCTIONS:
-        out, (gh, gw) = grad_of(lambda hh, ww: fn(hh, ww, t, reduction=reduction, **kw), h, w)
-        sub, (gh_s, gw_s) = grad_of(lambda hh, ww: fn(hh, ww, t[kept], reduction=reduction,
-                                                      **kw), h[kept], w)
+        out, (gh, gw) = grad_of(
+            lambda hh, ww, *, reduction=reduction: fn(hh, ww, t, reduction=reduction, **kw), h, w)
+        sub, (gh_s, gw_s) = grad_of(
+            lambda hh, ww, *, reduction=reduction: fn(hh, ww, t[kept], reduction=reduction, **kw),
+            h[kept], w)
         if reduction == "none":
             assert (out[~kept] == 0).all()
             assert_close(out[kept], sub, LOSS[F64])

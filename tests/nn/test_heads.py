@@ -518,7 +518,8 @@ def test_gradcheck_float64_eval(name):
 
     def of_params(*ps):
         return torch.func.functional_call(
-            head, {n: p for (n, _), p in zip(head.named_parameters(), ps)}, (x.detach(),))
+            head, {n: p for (n, _), p in zip(head.named_parameters(), ps, strict=True)},
+            (x.detach(),))
 
     ps = tuple(p.detach().clone().requires_grad_() for p in params)
     assert torch.autograd.gradcheck(of_params, ps, eps=1e-6, atol=1e-6, fast_mode=True)

@@ -146,7 +146,7 @@ def _call_options(name, tensor_value):
 
 def _forward_pair(name, tensor_value):
     """(module output, function output) on the same inputs; gradient pairs too."""
-    module_cls, fn, _, make_inputs, tensor_opt = CASES[name]
+    module_cls, fn, _, make_inputs, _tensor_opt = CASES[name]
     opts = _call_options(name, tensor_value)
     if name == "GraphTVPenalty":
         module = module_cls(tensor_value, **opts)
@@ -183,7 +183,7 @@ def test_forward_equals_function(name):
     assert out_m.shape == out_f.shape
     assert torch.equal(out_m, out_f), (out_m, out_f)
     assert len(g_m) == len(g_f)
-    for a, b in zip(g_m, g_f):
+    for a, b in zip(g_m, g_f, strict=True):
         assert torch.equal(a, b)
     if tensor_opt and tensor_opt != "graph":
         # the tensor option is really used: without it the result differs

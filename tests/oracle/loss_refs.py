@@ -284,7 +284,7 @@ def _sampled_rows(hidden, weight, target, bias, q, samples, remove_hits, kind, i
             per.append(None)
             continue
 
-        def corrected(c):
+        def corrected(c, *, i=i):
             z = (hidden[i] * weight[c]).sum()
             if bias is not None:
                 z = z + bias[c]
@@ -293,7 +293,7 @@ def _sampled_rows(hidden, weight, target, bias, q, samples, remove_hits, kind, i
         zy = corrected(y)
         neg = [corrected(int(c)) for c in samples if not (remove_hits and int(c) == y)]
         if kind == "sampled":
-            per.append(lse(torch.stack([zy] + neg)) - zy)
+            per.append(lse(torch.stack([zy, *neg])) - zy)
         else:  # NCE: -log sigma(z_y) - sum_s log(1 - sigma(z_s))
             l_i = -torch.log(torch.sigmoid(zy))
             for zs in neg:

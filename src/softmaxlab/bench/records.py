@@ -8,8 +8,9 @@ import dataclasses
 import importlib
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -67,7 +68,7 @@ class Impl:
                     f"(pip install {self.dist or self.package})", NOT_INSTALLED) from None
         return self.load()
 
-    def compiled_variant(self) -> "Impl":
+    def compiled_variant(self) -> Impl:
         """This implementation under ``torch.compile(fullgraph=True)``, as a baseline."""
         return dataclasses.replace(
             self, name=f"{self.name} compiled", role="baseline", compiled=True,
@@ -110,7 +111,7 @@ class Row:
     targets: tuple[dict, ...] = ()
 
     @classmethod
-    def of(cls, case: "Case", impl: Impl, mode: str) -> "Row":
+    def of(cls, case: Case, impl: Impl, mode: str) -> Row:
         """The row of ``impl`` of ``case`` in ``mode``, before it is measured."""
         return cls(suite=case.suite, case=case.id, op=case.op, shape=case.shape,
                    dtype=case.dtype_name, device=case.device, mode=mode, impl=impl.name,
@@ -209,11 +210,11 @@ class Case:
     def generator(self) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(_seed(self.id))
 
-    def tiny(self) -> "Case":
+    def tiny(self) -> Case:
         """The same case on a tiny shape (to page in code before a memory measurement)."""
         return dataclasses.replace(self, shape=tuple(min(s, 64) for s in self.shape))
 
-    def with_compiled(self) -> "Case":
+    def with_compiled(self) -> Case:
         """This case with the compiled variants of its :attr:`compilable` implementations."""
         return dataclasses.replace(
             self, impls=self.impls + tuple(self.impl(n).compiled_variant()

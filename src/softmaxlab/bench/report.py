@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import math
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .._text import table
 from .records import OK
@@ -179,7 +179,7 @@ def plot(docs: Sequence[dict], path) -> None:
     fig, axes = plt.subplots(len(suites), 1, figsize=(width_in, 3.6 * len(suites)),
                              squeeze=False)
     values = [v for groups in suites.values() for _, rs, _ in groups for v in rs.values()]
-    lo, hi = min(values + [1.0]), max(values + [1.0])
+    lo, hi = min([*values, 1.0]), max([*values, 1.0])
     ylim = (10 ** math.floor(math.log10(lo) - 0.05), 10 ** math.ceil(math.log10(hi) + 0.05))
     for ax, (suite, groups) in zip(axes[:, 0], suites.items(), strict=True):
         names = sorted({b for _, rs, _ in groups for b in rs})

@@ -9,8 +9,8 @@ import os
 import platform
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 #: Version of the JSON layout below.
 SCHEMA = 1

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+
 
 def quantile(values: Sequence[float], q: float) -> float:
     """The ``q``-quantile of ``values`` by linear interpolation between order statistics
@@ -40,7 +41,7 @@ class Stats:
     mean: float
 
     @classmethod
-    def of(cls, times: Sequence[float]) -> "Stats":
+    def of(cls, times: Sequence[float]) -> Stats:
         """The statistics of ``times`` (at least one).
 
         Example:

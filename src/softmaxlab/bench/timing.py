@@ -9,8 +9,9 @@ inference path); ``backward`` is ``torch.autograd.grad`` alone, the forward done
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

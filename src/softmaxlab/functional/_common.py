@@ -15,7 +15,7 @@ one (a custom op, :mod:`softmaxlab.kernels.ops`), else its pure-torch reference.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -43,7 +43,8 @@ def log_sigsoftmax(
     x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    r"""Log of :func:`sigsoftmax`: :math:`z_i + \log\sigma(z_i) - \mathrm{lse}_j(z_j + \log\sigma(z_j))`."""
+    r"""Log of :func:`sigsoftmax`:
+    :math:`z_i + \log\sigma(z_i) - \mathrm{lse}_j(z_j + \log\sigma(z_j))`."""
     return _sigsoftmax(x, dim, mask, dtype, log=True)
 
 

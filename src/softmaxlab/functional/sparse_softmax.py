@@ -14,9 +14,9 @@ K = Param("k", 1, (int,), lambda k: k >= 1, "an integer >= 1 (and <= the size of
 
 def _check_k(x: torch.Tensor, dim: int, k: object) -> None:
     check_input(x)
-    K.validate(k)
+    valid_k: int = K.validate(k)
     n = x.shape[check_dim(x, dim)] if x.dim() else 1
-    if k > n:
+    if valid_k > n:
         raise ValueError(f"k must be <= the size of dim {dim} ({n}), got k={k}")
 
 

@@ -225,7 +225,8 @@ def sparsemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = Non
         >>> sparsemax(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0000, 0.2500, 0.7500])
     """
-    return along(x, dim, mask, lambda z: _sparse("sparsemax", z, 2.0, SparsemaxFunction, _Sparsemax), dtype)
+    return along(x, dim, mask,
+                 lambda z: _sparse("sparsemax", z, 2.0, SparsemaxFunction, _Sparsemax), dtype)
 
 
 def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None,
@@ -241,7 +242,8 @@ def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
         >>> entmax15(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0000, 0.3260, 0.6740])
     """
-    return along(x, dim, mask, lambda z: _sparse("entmax15", z, 1.5, Entmax15Function, _Entmax15), dtype)
+    return along(x, dim, mask,
+                 lambda z: _sparse("entmax15", z, 1.5, Entmax15Function, _Entmax15), dtype)
 
 
 def _check_alpha(alpha: object) -> None:
@@ -293,7 +295,8 @@ def entmax(
     check_broadcast(alpha, torch.Size(rows), "alpha")
     a = alpha.to(x.device).broadcast_to(rows).movedim(d, -1)
     opts = BisectOptions(n_iter)
-    return along(x, dim, mask, lambda z: apply(EntmaxBisectFunction, _EntmaxBisect, compute(z), a, opts), dtype)
+    return along(x, dim, mask,
+                 lambda z: apply(EntmaxBisectFunction, _EntmaxBisect, compute(z), a, opts), dtype)
 
 
 ALPHA = Param(

@@ -53,7 +53,8 @@ def log_spherical_softmax(
     x: torch.Tensor, dim: int = -1, *, eps: float = 0.01, mask: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    r"""Log of :func:`spherical_softmax`: :math:`\log(z_i^2+\epsilon) - \log\sum_j(z_j^2+\epsilon)`."""
+    r"""Log of :func:`spherical_softmax`:
+    :math:`\log(z_i^2+\epsilon) - \log\sum_j(z_j^2+\epsilon)`."""
     return _spherical(x, dim, eps, mask, dtype, log=True)
 
 

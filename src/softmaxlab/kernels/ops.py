@@ -49,7 +49,7 @@ def _batched(info, in_dims: Sequence[int | None], args: Sequence[Any]) -> list[A
     """``args`` with each tensor's vmapped dimension moved first (expanded where absent):
     every tensor of a row op has the rows' leading shape, so the batch becomes more rows."""
     out = []
-    for a, d in zip(args, in_dims):
+    for a, d in zip(args, in_dims, strict=True):
         if isinstance(a, Tensor):
             a = a.movedim(d, 0) if d is not None else a.expand(info.batch_size, *a.shape)
         out.append(a)

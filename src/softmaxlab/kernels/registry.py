@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["BACKENDS", "ENV_VAR", "KernelSpec", "available", "backend", "kernel_name", "kernels", "load",
-           "register", "requested_backend", "select", "use"]
+__all__ = ["BACKENDS", "ENV_VAR", "KernelSpec", "available", "backend", "kernel_name", "kernels",
+           "load", "register", "requested_backend", "select", "use"]
 
 ENV_VAR = "SOFTMAXLAB_BACKEND"
 BACKENDS = ("auto", "reference", "cpu", "triton")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 __all__ = ["Executor", "InProcess", "LocalProcesses", "executor"]
 

@@ -10,9 +10,9 @@ with the softmax of the scaled cosines). Nothing else lists mapping names.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +88,8 @@ def _margin_head(name: str, loss: Callable, **kw) -> Head:
 
 def heads() -> tuple[Head, ...]:
     """Every lab head: the registry's mappings (in order), then the margin losses."""
-    return tuple(_mapping_head(m) for m in mappings()) + (
+    return (
+        *(_mapping_head(m) for m in mappings()),
         _margin_head("am_softmax", L.am_softmax_loss),
         _margin_head("real_am", L.am_softmax_loss, real=True),
         _margin_head("arcface", L.arcface_loss),

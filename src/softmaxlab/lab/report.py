@@ -179,7 +179,7 @@ def table_rows(summary: Summary, metrics: list[str], mark: str) -> tuple[list[st
         cells = [cell(row, m) + (mark if summary.best.get(m) == row.mapping else "")
                  for m in metrics]
         p = f" ({row.p_value:.3g})" if row.p_value is not None else ""
-        out.append([row.mapping, runs_cell(row)] + cells + [row.vs_reference + p])
+        out.append([row.mapping, runs_cell(row), *cells, row.vs_reference + p])
     return header, out
 
 
@@ -267,7 +267,7 @@ def _metric_bars(plt, summary, rows, colors):
     fig, axes = plt.subplots(n_rows, cols, figsize=(16, (0.2 * len(rows) + 1.2) * n_rows),
                              sharey=True, squeeze=False)
     y = range(len(rows))
-    for ax, m in zip(axes.flat, shown):
+    for ax, m in zip(axes.flat, shown, strict=False):  # spare panels stay empty
         label, _, scale = METRICS[m]
         stats = [r.mean_std(m) or (math.nan, 0.0) for r in rows]
         ax.barh(y, [s[0] * scale for s in stats], xerr=[s[1] * scale for s in stats],
@@ -289,11 +289,11 @@ def _curves(plt, summary, rows, colors):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for row in rows:
         runs = [r for r in summary.runs if r["mapping"] == row.mapping and r["status"] == "ok"]
-        for ax, key in zip(axes, ("train_loss", f"val_{primary}")):
+        for ax, key in zip(axes, ("train_loss", f"val_{primary}"), strict=True):
             curves = [r["curve"][key] for r in runs]
             if any(v is None for c in curves for v in c):
                 continue  # e.g. perplexity of a mapping without a log form
-            mean = [sum(c) / len(c) for c in zip(*curves)]
+            mean = [sum(c) / len(c) for c in zip(*curves, strict=True)]
             ax.plot(range(1, len(mean) + 1), mean, label=row.mapping, color=colors[row.mapping])
     axes[0].set(title="training loss (each mapping's own loss)", xlabel="epoch", yscale="log")
     axes[1].set(title=f"validation {METRICS[primary][0]}", xlabel="epoch")
@@ -311,7 +311,7 @@ def _reliability_grid(plt, summary, rows, colors):
     n_rows = math.ceil(len(rows) / cols)
     fig, axes = plt.subplots(n_rows, cols, figsize=(15, 3 * n_rows), sharex=True, sharey=True,
                              squeeze=False)
-    for ax, row in zip(axes.flat, rows):
+    for ax, row in zip(axes.flat, rows, strict=False):  # spare panels stay empty
         runs = [r for r in summary.runs if r["mapping"] == row.mapping and r["status"] == "ok"]
         for key in ("raw", "ts"):
             parts = [r["reliability"][key] for r in runs if key in r["reliability"]]
@@ -326,7 +326,7 @@ def _reliability_grid(plt, summary, rows, colors):
                           color=colors[row.mapping])
             else:
                 ax.plot([(b + 0.5) / n_bins for b in range(n_bins) if counts[b]],
-                        [a for a, c in zip(acc, counts) if c], "o", ms=3, color="k")
+                        [a for a, c in zip(acc, counts, strict=True) if c], "o", ms=3, color="k")
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set_title(f"{row.mapping}: ECE {cell(row, 'ece')}", fontsize=8)
     for ax in axes.flat[len(rows):]:
@@ -341,7 +341,7 @@ def _cost(plt, summary, rows, colors):
     """The primary metric against training and inference time (mean ± std)."""
     primary = summary.primary
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, cost in zip(axes, ("train_time_per_epoch", "inference_time_per_example")):
+    for ax, cost in zip(axes, ("train_time_per_epoch", "inference_time_per_example"), strict=True):
         scale = METRICS[cost][2]
         for row in rows:
             y, c = row.mean_std(primary), row.mean_std(cost)
@@ -382,9 +382,9 @@ def _csv(summary: Summary, path: Path) -> None:
                 ms = row.mean_std(m)
                 stats += [repr(ms[0]), repr(ms[1])] if ms else ["", ""]
             w.writerow([row.mapping, row.status, len(row.seeds_ok),
-                        len(row.failures) if row.status != "skipped" else 0] + stats
-                       + [row.vs_reference, "" if row.p_value is None else repr(row.p_value),
-                          "; ".join(row.failures)])
+                        len(row.failures) if row.status != "skipped" else 0, *stats,
+                        row.vs_reference, "" if row.p_value is None else repr(row.p_value),
+                        "; ".join(row.failures)])
 
 
 def _markdown(summary: Summary, images: dict[str, bytes]) -> str:
@@ -393,7 +393,7 @@ def _markdown(summary: Summary, images: dict[str, bytes]) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += [""] + [f"- {n}" for n in _notes(summary)] + [""]
-    lines += timing_lines(summary) + [""]
+    lines += [*timing_lines(summary), ""]
     if _problems(summary):
         lines += ["## Skipped and failed", ""] + [f"- {p}" for p in _problems(summary)] + [""]
     lines += [f"![{name}](plots/{name}.png)" for name in images]

@@ -40,8 +40,8 @@ __all__ = ["RunConfig", "run", "TASK_METRICS"]
 
 #: The metrics recorded for each task; the first one ranks the mappings.
 TASK_METRICS = {
-    task: quality + ("ece", "ece_ts", "temperature", "brier", "support",
-                     "train_time_per_epoch", "inference_time_per_example", "peak_memory_mb")
+    task: (*quality, "ece", "ece_ts", "temperature", "brier", "support",
+           "train_time_per_epoch", "inference_time_per_example", "peak_memory_mb")
     for task, quality in (("classification", ("accuracy", "nll")),
                           ("language_model", ("perplexity", "accuracy", "nll")),
                           ("recommendation", ("hr@10", "ndcg@10", "nll")))

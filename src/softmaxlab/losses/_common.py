@@ -55,15 +55,16 @@ class Rows:
 def check_reduction(reduction: object) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction  # type: ignore[return-value]
+    return reduction
 
 
 def check_label_smoothing(label_smoothing: object) -> float:
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
+    value = float(label_smoothing)
+    if not 0.0 <= value <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    return float(label_smoothing)
+    return value
 
 
 def _to_rows(x: torch.Tensor) -> torch.Tensor:

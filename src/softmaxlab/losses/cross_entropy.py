@@ -21,7 +21,9 @@ from ._common import (
 def log_probs(name: str, logits: torch.Tensor, params: dict) -> torch.Tensor:
     """Log-probabilities of mapping ``name`` along the last dim (``ValueError`` when the
     mapping has no log form)."""
-    return resolve_log_mapping(name, params).log_fn(logits, -1, **params)
+    log_fn = resolve_log_mapping(name, params).log_fn
+    assert log_fn is not None  # resolve_log_mapping returns only mappings with a log form
+    return log_fn(logits, -1, **params)
 
 
 def cross_entropy(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import check_real
-from .._validation import check_input
-from .._validation import checks_values
+from .._validation import check_input, check_real, checks_values
 from ._common import check_reduction
 
 

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from .. import kernels
-from .._validation import check_int
 from .._constants import LOW_PRECISION
-from .._validation import check_input
-from .._validation import checks_values
+from .._registry import resolve_log_mapping
+from .._validation import check_input, check_int, checks_values
 from ._common import (
     Rows,
     check_label_smoothing,
@@ -19,7 +18,6 @@ from ._common import (
     class_weights,
     nll_rows,
 )
-from .._registry import resolve_log_mapping
 from .cross_entropy import log_probs
 
 #: Logit elements per chunk when ``chunk_size`` is not given (256 MiB of float32): larger
@@ -145,7 +143,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 _add_grads(g, h[sl], w, sl, gh, gw, gb)
         ctx.opts, ctx.eager = opts, eager
         if eager:
-            ctx.save_for_backward(gh, gw.to(w.dtype), None if b is None else gb.to(b.dtype))
+            ctx.save_for_backward(gh, gw.to(w.dtype), None if b is None or gb is None
+                                  else gb.to(b.dtype))
             return loss.sum() / denom
         ctx.save_for_backward(h, w, b, t, keep, cw)
         return loss if opts.reduction == "none" else loss.sum() / denom
@@ -170,7 +169,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             sl = slice(s, min(s + cs, n))
             _, g_c = _chunk(h[sl], w, b, t[sl], keep[sl], cw, opts, buf, fast, g[sl])
             _add_grads(g_c, h[sl], w, sl, gh, gw, gb)
-        return gh, gw.to(w.dtype), None if b is None else gb.to(b.dtype), *([None] * 5)
+        return (gh, gw.to(w.dtype), None if b is None or gb is None else gb.to(b.dtype),
+                *([None] * 5))
 
 
 def linear_cross_entropy(
@@ -228,7 +228,8 @@ def linear_cross_entropy(
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size)
     h = hidden.reshape(-1, hidden.shape[-1])
-    t, keep = check_target(target, hidden.shape[:-1], v, ignore_index, "hidden without its last dim")
+    t, keep = check_target(target, hidden.shape[:-1], v, ignore_index,
+                           "hidden without its last dim")
     t, keep = t.to(h.device), keep.to(h.device)
     acc = torch.float32 if h.dtype in LOW_PRECISION else h.dtype
     cw = class_weights(class_weight, v, h.new_empty((), dtype=acc), "class_weight")

@@ -7,9 +7,7 @@ import math
 
 import torch
 
-from .._validation import check_real
-from .._validation import check_input
-from .._validation import checks_values
+from .._validation import check_input, check_real, checks_values
 from ._common import (
     as_rows,
     check_label_smoothing,
@@ -178,7 +176,8 @@ def ensemble_soft_margin_loss(
         check_input(z, f"logits_list[{i}]")
         if z.shape != logits_list[0].shape:
             raise ValueError(
-                f"logits_list[{i}] has shape {tuple(z.shape)}, expected {tuple(logits_list[0].shape)}"
+                f"logits_list[{i}] has shape {tuple(z.shape)}, "
+                f"expected {tuple(logits_list[0].shape)}"
             )
     lam = check_real("diversity", diversity, low=0.0)
     reduction = check_reduction(reduction)

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_int
-from .._validation import check_input
+from .._validation import check_input, check_int
 from ._common import check_reduction, check_target, reduce
 
 NEG_INF = float("-inf")
@@ -27,16 +26,16 @@ class Noise:
     probs: torch.Tensor
 
     @classmethod
-    def uniform(cls, n: int) -> "Noise":
+    def uniform(cls, n: int) -> Noise:
         return cls(torch.full((_check_n(n),), 1.0 / n, dtype=torch.float64))
 
     @classmethod
-    def log_uniform(cls, n: int) -> "Noise":
+    def log_uniform(cls, n: int) -> Noise:
         c = torch.arange(_check_n(n), dtype=torch.float64)
         return cls(torch.log((c + 2) / (c + 1)) / math.log(n + 1))
 
     @classmethod
-    def unigram(cls, counts: torch.Tensor, power: float = 1.0) -> "Noise":
+    def unigram(cls, counts: torch.Tensor, power: float = 1.0) -> Noise:
         if not isinstance(counts, torch.Tensor) or counts.is_complex():
             raise TypeError(f"counts must be a real tensor, got {type(counts).__name__}")
         c = counts.double()
@@ -146,7 +145,8 @@ def sampled_softmax_loss(
     """
     reduction = check_reduction(reduction)
     true, sampled, keep = _candidate_logits(hidden, weight, target, bias, num_sampled, noise,
-                                            samples, remove_accidental_hits, generator, ignore_index)
+                                            samples, remove_accidental_hits, generator,
+                                            ignore_index)
     loss = torch.cat([true[:, None], sampled], -1).logsumexp(-1) - true
     return _reduce_rows(loss, keep, reduction)
 
@@ -180,6 +180,7 @@ def nce_loss(
     """
     reduction = check_reduction(reduction)
     true, sampled, keep = _candidate_logits(hidden, weight, target, bias, num_sampled, noise,
-                                            samples, remove_accidental_hits, generator, ignore_index)
+                                            samples, remove_accidental_hits, generator,
+                                            ignore_index)
     loss = F.softplus(-true) + F.softplus(sampled).sum(-1)
     return _reduce_rows(loss, keep, reduction)

@@ -22,7 +22,6 @@ from torch import nn
 from .. import functional as SF
 from .._registry import resolve_log_mapping
 from .._validation import check_bool, check_int, check_real
-from .._registry import Mapping
 
 __all__ = ["MixtureOfSoftmaxes", "DoublySparseSoftmax", "DecoupledOutput", "CosineClassifier"]
 
@@ -140,7 +139,9 @@ class MixtureOfSoftmaxes(nn.Module):
         log_prior = SF.log_softmax(self.prior(x), -1)
         h = torch.tanh(self.latent(x)).unflatten(-1, (self.n_components, self.in_features))
         logits = F.linear(h, self.weight, self.bias)
-        return log_prior, self._mapping.log_fn(logits, -1, **self.mapping_params)
+        log_fn = self._mapping.log_fn
+        assert log_fn is not None  # resolve_log_mapping returns only mappings with a log form
+        return log_prior, log_fn(logits, -1, **self.mapping_params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_prior, log_comp = self.component_log_probs(x)
@@ -248,6 +249,8 @@ class DoublySparseSoftmax(nn.Module):
         Liao, Chen, Wang, Schwing, Li. Doubly sparse: sparse mixture of sparse experts for
         efficient softmax inference. arXiv:1901.10668 (2019).
     """
+
+    class_mask: torch.Tensor  # a buffer
 
     def __init__(self, in_features: int, n_classes: int, *, n_experts: int = 2,
                  lasso_coef: float = 0.003, importance_coef: float = 30.0, bias: bool = False):
@@ -500,7 +503,7 @@ class DecoupledOutput(nn.Module):
 
     @classmethod
     def untied_from(cls, weight: torch.Tensor, *, bias: torch.Tensor | bool = True,
-                    **kwargs: Any) -> "DecoupledOutput":
+                    **kwargs: Any) -> DecoupledOutput:
         """A head whose output weight starts as a **copy** of ``weight`` (e.g. a formerly
         tied input embedding, shape ``(n_classes, in_features)``): training one afterwards
         leaves the other untouched.
@@ -513,14 +516,14 @@ class DecoupledOutput(nn.Module):
                    else type(weight).__name__)
             raise ValueError(f"weight must be a 2-d tensor (n_classes, in_features), got {got}")
         n_classes, in_features = weight.shape
-        given = isinstance(bias, torch.Tensor)
-        if given and tuple(bias.shape) != (n_classes,):
+        if isinstance(bias, torch.Tensor) and tuple(bias.shape) != (n_classes,):
             raise ValueError(f"bias must have shape ({n_classes},), got {tuple(bias.shape)}")
-        head = cls(in_features, n_classes, bias=True if given else bias, **kwargs)
+        head = cls(in_features, n_classes, bias=isinstance(bias, torch.Tensor) or bias, **kwargs)
         head.to(device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             head.weight.copy_(weight)
-            if given:
+            if isinstance(bias, torch.Tensor):
+                assert head.bias is not None
                 head.bias.copy_(bias)
         return head
 
@@ -531,7 +534,9 @@ class DecoupledOutput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_features(x, self.in_features)
         h = F.dropout(x, self.dropout, self.training)
-        return self._mapping.log_fn(F.linear(h, self.weight, self.bias), -1, **self.mapping_params)
+        log_fn = self._mapping.log_fn
+        assert log_fn is not None  # resolve_log_mapping returns only mappings with a log form
+        return log_fn(F.linear(h, self.weight, self.bias), -1, **self.mapping_params)
 
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities: ``forward(x).exp()``."""

@@ -5,7 +5,7 @@ overrides the stored one. Tensor options (class weights, a graph) are registered
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -165,6 +165,7 @@ class GraphTVPenalty(LossModule):
     graph (adjacency tensor) is stored as a buffer."""
 
     function = staticmethod(L.graph_tv_penalty)
+    graph: torch.Tensor  # a buffer
 
     def __init__(self, graph: torch.Tensor, *, weight: float = 1.0, reduction: str = "mean"):
         super().__init__(weight=weight, reduction=reduction)

@@ -7,7 +7,8 @@ as an ``nn.Parameter`` (a learned temperature or ``alpha``) is registered on the
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -168,8 +169,11 @@ def module_for(fn: Callable[..., torch.Tensor]) -> type[MappingModule]:
     raise ValueError(f"no module for {getattr(fn, '__name__', fn)!r}")
 
 
-def _all_subclasses(cls: type) -> list[type]:
-    out = []
+_M = TypeVar("_M")
+
+
+def _all_subclasses(cls: type[_M]) -> list[type[_M]]:
+    out: list[type[_M]] = []
     for sub in cls.__subclasses__():
         out += [sub, *_all_subclasses(sub)]
     return out

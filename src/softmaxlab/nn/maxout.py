@@ -42,4 +42,5 @@ class Maxout(nn.Module):
         return y.unflatten(-1, (self.out_features, self.pieces)).amax(-1)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, pieces={self.pieces}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"pieces={self.pieces}")

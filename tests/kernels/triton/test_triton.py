@@ -29,18 +29,18 @@ import pytest
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[dev]' or "
                     "'.[triton]')")
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-import softmaxlab as sl  # noqa: E402
-from softmaxlab import kernels  # noqa: E402
-from softmaxlab.kernels.triton import _launch  # noqa: E402
-from softmaxlab.kernels.triton import _linear_ce as linear_ce  # noqa: E402
-from softmaxlab.losses import linear_cross_entropy  # noqa: E402
-from softmaxlab.online import softmax_topk  # noqa: E402
+import softmaxlab as sl
+from softmaxlab import kernels
+from softmaxlab.kernels.triton import _launch
+from softmaxlab.kernels.triton import _linear_ce as linear_ce
+from softmaxlab.losses import linear_cross_entropy
+from softmaxlab.online import softmax_topk
 
-from ..._helpers import assert_close  # noqa: E402
-from ...tolerances import (  # noqa: E402
+from ..._helpers import assert_close
+from ...tolerances import (
     BF16,
     F32,
     F64,
@@ -223,7 +223,7 @@ def test_options_f64():
                     y, yr = fast(x, temperature=t), ref(x, temperature=t)
                     assert_close(y, yr, TRITON[F64], f"{op} T={t}")
                     g = torch.randn(x.shape, dtype=x.dtype)
-                    for a, b in zip(_grads(y, (x, temp), g), _grads(yr, (x, temp), g)):
+                    for a, b in zip(_grads(y, (x, temp), g), _grads(yr, (x, temp), g), strict=True):
                         if b is not None:
                             assert_close(a, b, TRITON[F64], f"{op} grads T")
         finally:
@@ -391,7 +391,8 @@ def test_linear_cross_entropy_f64():
                 assert_close(out, ref, TRITON[F64], f"lce {kw} loss")
                 g = torch.randn(out.shape, dtype=torch.float64)
                 ins = (h, w) + ((b,) if bias else ())
-                for a, r in zip(torch.autograd.grad(out, ins, g), torch.autograd.grad(ref, ins, g)):
+                for a, r in zip(torch.autograd.grad(out, ins, g), torch.autograd.grad(ref, ins, g),
+                                strict=True):
                     assert_close(a, r, TRITON[F64], f"lce {kw} grad")
         finally:
             restore()
@@ -427,7 +428,7 @@ def test_linear_cross_entropy_low_precision():
                     f"lce {dtype}: loss error {e} vs naive {en}")
                 gt = torch.autograd.grad(truth, x64)
                 for name, a, n_, tr in zip("hwb", torch.autograd.grad(out, ins),
-                                           torch.autograd.grad(naive, ins), gt):
+                                           torch.autograd.grad(naive, ins), gt, strict=True):
                     e, en = _err(a, tr), _err(n_, tr)
                     assert e <= TRITON_LOW_FACTOR * en + TRITON_LOW_EPS * eps, (
                         f"lce {dtype} grad {name}: {e} vs naive {en}")
@@ -601,7 +602,7 @@ def test_linear_cross_entropy_options(device):
                 what = f"lce {dtype} {({k: a for k, a in kw.items() if k != 'class_weight'})}"
                 assert_close(out.double(), ref, Tol(tol[dtype], tol[dtype]), f"{what} loss")
                 for name, a, r in zip("hwb", torch.autograd.grad(out, (h, w, b), g.to(dtype)),
-                                      torch.autograd.grad(ref, x64, g)):
+                                      torch.autograd.grad(ref, x64, g), strict=True):
                     e = _err(a, r)
                     assert e <= tol[dtype], f"{what} grad {name}: error {e}"
     finally:

@@ -10,14 +10,20 @@ in :mod:`.cpu` and :mod:`.gpu`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from ..records import Case
 from ..timing import Step, run_once
-from .cpu import (elementwise_suite, linear_suite, overhead_suite, softmax_suite, sparse_suite,
-                  topk_suite)
+from .cpu import (
+    elementwise_suite,
+    linear_suite,
+    overhead_suite,
+    softmax_suite,
+    sparse_suite,
+    topk_suite,
+)
 from .gpu import gpu_suite
 
 _BUILDERS: dict[str, Callable[[bool], list[Case]]] = {

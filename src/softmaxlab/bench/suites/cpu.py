@@ -24,8 +24,16 @@ import torch
 
 import softmaxlab as sl
 
-from ..baselines import (TORCH_LOG_SOFTMAX, TORCH_SOFTMAX, candidate, cross_entropy_impls,
-                         entmax_impl, linear_impls, naive, topk_impls)
+from ..baselines import (
+    TORCH_LOG_SOFTMAX,
+    TORCH_SOFTMAX,
+    candidate,
+    cross_entropy_impls,
+    entmax_impl,
+    linear_impls,
+    naive,
+    topk_impls,
+)
 from ..records import Case, LinearCase, OverheadCase, RowsCase, Target, TopkCase
 
 

@@ -16,9 +16,19 @@ from typing import Any
 
 import torch
 
-from ..baselines import (TORCH_LOG_SOFTMAX, TORCH_SOFTMAX, candidate, entmax_impl, liger_flce,
-                         liger_softmax, liger_sparsemax, linear_candidate, linear_impls, naive,
-                         topk_impls)
+from ..baselines import (
+    TORCH_LOG_SOFTMAX,
+    TORCH_SOFTMAX,
+    candidate,
+    entmax_impl,
+    liger_flce,
+    liger_softmax,
+    liger_sparsemax,
+    linear_candidate,
+    linear_impls,
+    naive,
+    topk_impls,
+)
 from ..records import Case, Impl, LinearCase, RowsCase, Target, TopkCase
 from ..timing import AutogradStep, Step
 
@@ -149,7 +159,7 @@ def gpu_suite(quick: bool) -> list[Case]:
                       package="liger_kernel", dist="liger-kernel",
                       note="LigerFusedLinearCrossEntropyLoss, accum_dtype=float32")
     out.append(LinearCase("gpu", "linear_cross_entropy", shape, bf16, dev,
-                          linear_impls(gpu=True) + (liger_fp32,) + budgets,
+                          (*linear_impls(gpu=True), liger_fp32, *budgets),
                           (Target("memory", 1.0, "cce", ("both",),
                                   "target: memory <= cut-cross-entropy's"),
                            Target("time", 1.1, "liger", ("both",),

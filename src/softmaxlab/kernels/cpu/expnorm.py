@@ -11,7 +11,6 @@ import torch
 
 from ._jit import (
     F32,
-    NEG_INF,
     claim,
     empty_rows,
     exp_neg32,

@@ -210,7 +210,8 @@ def _poly_backward(x, g, grad, stats, coef, safe, log, f, claims):
                 dot = 0.0  # sum g p (softmax form) or sum g (log form)
                 for j in range(n):
                     if r[j] != NEG_INF:
-                        dot += gr[j] if log else gr[j] * np.exp(_log_poly(coef, np.float64(r[j]))[0] - lz)
+                        dot += gr[j] if log else (
+                            gr[j] * np.exp(_log_poly(coef, np.float64(r[j]))[0] - lz))
                     elif log:
                         dot += gr[j]
                 for j in range(n):

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from . import TOPK_BLOCK
 from ._jit import (
     F32,
     NEG_INF,
     claim,
+    empty_rows,
     exp_neg32,
     inline,
     launch,
@@ -30,7 +32,6 @@ from ._jit import (
     row_max,
     row_sum,
     rows,
-    empty_rows,
     wide_vectors,
 )
 

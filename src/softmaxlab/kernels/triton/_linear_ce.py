@@ -150,7 +150,7 @@ def _grad_kernel(Lg, ld, G, ldg, Bias, T, CW, LSE, CP, CT, RS, vc, v0, inv_t, ep
 
 
 # ------------------------------------------------------------------ matmul helpers
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _native_f32_out(device: str, dtype: torch.dtype) -> bool:
     """Whether ``torch.mm``/``torch.addmm`` take ``out_dtype=float32`` for ``dtype`` inputs
     here (CUDA, torch >= 2.8)."""

@@ -13,8 +13,16 @@ import numpy as np
 import torch
 
 from ._core import (
-    Dataset, DatasetSpec, Split, classification, classification_split, language_model,
-    lines_to_tokens, package_file, shuffled, split_by_position,
+    Dataset,
+    DatasetSpec,
+    Split,
+    classification,
+    classification_split,
+    language_model,
+    lines_to_tokens,
+    package_file,
+    shuffled,
+    split_by_position,
 )
 
 # --- digits: scikit-learn's embedded copy ------------------------------------------------
@@ -130,7 +138,7 @@ def read_fashion(path: Path, *, seed: int, limit: int | None) -> Dataset:
     n_tr = len(y) - n_val
     splits = [classification_split(a, b, shuffled(len(b), seed + k), limit)
               for k, (a, b) in enumerate([(x[:n_tr], y[:n_tr]), (x[n_tr:], y[n_tr:]), (xt, yt)])]
-    side = int(round(x.shape[1] ** 0.5))
+    side = round(x.shape[1] ** 0.5)
     return Dataset("fashion-mnist", "classification", *splits, 10, {
         "input_shape": (1, side, side), "source": str(path),
         "split": f"official test; validation = the last {n_val} training images",

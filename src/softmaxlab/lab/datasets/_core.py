@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ._core import (
-    Dataset, DatasetUnavailable, classification, language_model, lines_to_tokens,
+    Dataset,
+    DatasetUnavailable,
+    classification,
+    language_model,
+    lines_to_tokens,
     split_by_position,
 )
 
