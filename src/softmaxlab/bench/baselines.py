@@ -5,7 +5,6 @@ cut-cross-entropy; imported only when a case runs, "not installed" when missing)
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

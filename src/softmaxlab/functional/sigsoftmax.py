@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .._registry import Mapping, register
-from ._common import along, normalized, log_score_mapping, score_mapping
+from ._common import along, log_score_mapping, normalized, score_mapping
 
 
 def _log_sigsoftmax_score(z: torch.Tensor, _excluded: torch.Tensor) -> torch.Tensor:

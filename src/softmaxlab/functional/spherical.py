@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._registry import Mapping, positive_real, register
-from ._common import along, normalized, log_score_mapping, safe_where, score_mapping
+from ._common import along, log_score_mapping, normalized, safe_where, score_mapping
 
 EPS = positive_real("eps", 0.01, tensor=False, valid=(1e-4, 1.0), bad=(0.0, -0.01, "0.01"))
 

@@ -8,7 +8,7 @@ import math
 import torch
 
 from .._registry import Mapping, Param, register
-from ._common import along, normalized, log_score_mapping, safe_where, score_mapping
+from ._common import along, log_score_mapping, normalized, safe_where, score_mapping
 
 ORDER = Param(
     "order",

@@ -15,6 +15,7 @@ from ._common import (
     weighted_reduce,
 )
 
+
 def fenchel_young_names() -> list[str]:
     """The mappings whose natural loss is the Fenchel-Young loss (their registry records
     carry the Tsallis alpha, or take it as their ``alpha`` parameter)."""
