@@ -20,7 +20,8 @@ family          row functions of a kernel module (rows ``(*, n)``, contiguous)
 ==============  ===============================================================
 
 Log forms pass zero gradient to excluded (``-inf``) entries and ignore the upstream gradient
-there, exactly as if those entries were sliced out.
+there, exactly as if those entries were sliced out: each backward row function does this
+itself (the numba kernels in the same pass).
 
 An eager call that needs no autograd graph (inference, ``torch.no_grad``) runs the row
 function directly, without the dispatcher's per-call cost.
@@ -96,8 +97,6 @@ def _expnorm_setup(ctx, inputs, output):
 
 def _expnorm_backward(ctx, g):
     (out,) = ctx.saved_tensors
-    if ctx.log:
-        g = g.masked_fill(out == NEG_INF, 0.0)
     return expnorm_backward_op(g, out, ctx.log, ctx.kernel), None, None
 
 
@@ -109,12 +108,14 @@ def _expnorm_backward_setup(ctx, inputs, output):
 
 def _expnorm_double_backward(ctx, gg):
     """Second derivative: the backward ``y = p * (g - <g, p>)`` (log form ``y = g - e^out
-    <g, 1>``, ``g`` already 0 at excluded entries) differentiated in ``g`` and ``out``."""
-    g, out, = ctx.saved_tensors
+    sum g`` over the kept entries, 0 at the excluded ones) differentiated in ``g`` and
+    ``out``."""
+    g, out = ctx.saved_tensors
     if ctx.log:
+        excluded = out == NEG_INF
         p = out.exp()
-        d_g = gg - (gg * p).sum(-1, keepdim=True)
-        d_out = -gg * p * g.sum(-1, keepdim=True)
+        d_g = (gg - (gg * p).sum(-1, keepdim=True)).masked_fill(excluded, 0.0)
+        d_out = -gg * p * g.masked_fill(excluded, 0.0).sum(-1, keepdim=True)
         return d_g, d_out, None, None
     d_g = expnorm_backward_op(gg, out, False, ctx.kernel)
     d_out = gg * (g - (g * out).sum(-1, keepdim=True)) - g * (gg * out).sum(-1, keepdim=True)
@@ -170,8 +171,6 @@ def _score_setup(ctx, inputs, output):
 
 def _score_backward(ctx, g, _g_stats):
     z, stats = ctx.saved_tensors
-    if ctx.log:
-        g = g.masked_fill(z == NEG_INF, 0.0)
     return score_backward_op(g, z, stats, ctx.coef, ctx.log, ctx.kernel), None, None, None
 
 

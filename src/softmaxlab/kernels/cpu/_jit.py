@@ -470,6 +470,15 @@ def row_sum(a):
 
 
 @reduction
+def kept_sum(a, x):
+    """Sum of ``a`` over the entries where ``x`` is not ``-inf`` (the kept ones)."""
+    s = F32(0.0)
+    for j in range(a.shape[0]):
+        s += a[j] if x[j] != NEG_INF else F32(0.0)
+    return s
+
+
+@reduction
 def row_dot(a, b):
     s = F32(0.0)
     for j in range(a.shape[0]):

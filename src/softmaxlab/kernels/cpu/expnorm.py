@@ -2,7 +2,8 @@ r"""Safe softmax and log-softmax of float32 rows in one kernel (numba): per row 
 :math:`m`, :math:`e_j = e^{z_j - m}` and :math:`s = \sum_j e_j`, then :math:`e_j / s` or
 :math:`(z_j - m) - \log s`, with the row in L1/L2 between passes. A row with nothing kept
 (all ``-inf``) gives zeros (log: ``-inf``); a NaN stays in its row. The backward is torch's
-(:func:`.softmax.expnorm_backward`), from the saved output.
+(``_softmax_backward_data``) for softmax, one numba pass for log-softmax, from the saved
+output.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import torch
 
 from ._jit import (
     F32,
+    NEG_INF,
     claim,
     empty_rows,
     exp_neg32,
+    kept_sum,
     launch,
     log32,
     row_kernel,
@@ -23,9 +26,7 @@ from ._jit import (
     special_row,
     wide_vectors,
 )
-from .softmax import expnorm_backward
-
-__all__ = ["expnorm_backward", "expnorm_forward"]
+from .softmax import softmax_backward
 
 
 @row_kernel
@@ -55,6 +56,24 @@ def _forward(x, out, log, claims):
                     o[j] *= inv
 
 
+@row_kernel
+def _log_backward(out, g, grad, claims):
+    wide_vectors()
+    rows_, n = out.shape
+    while True:
+        lo, hi = claim(claims, rows_)
+        if lo >= hi:
+            break
+        for i in range(lo, hi):
+            o = out[i]
+            gr = g[i]
+            d = grad[i]
+            s = kept_sum(gr, o)
+            for j in range(n):
+                v = o[j]
+                d[j] = gr[j] - exp_neg32(v) * s if v != NEG_INF else F32(0.0)
+
+
 def expnorm_forward(l: torch.Tensor, log: bool) -> torch.Tensor:
     """(Log-)softmax of the C-contiguous float32 rows ``l`` (rows with nothing kept: zeros,
     log ``-inf``).
@@ -67,4 +86,14 @@ def expnorm_forward(l: torch.Tensor, log: bool) -> torch.Tensor:
     x = rows(l)
     launch(_forward, (x, out_rows), log)
     return out
+
+
+def expnorm_backward(g: torch.Tensor, out: torch.Tensor, log: bool) -> torch.Tensor:
+    """Input gradient from the saved output; the log form in one pass that ignores the
+    upstream gradient at excluded entries and gives them 0 (the sliced-out row's gradient)."""
+    if not log:
+        return softmax_backward(g, out)
+    grad, grad_rows = empty_rows(out)
+    launch(_log_backward, (rows(out), rows(g), grad_rows))
+    return grad
 

@@ -34,6 +34,7 @@ from ._jit import (
     exp32,
     exp_neg32,
     inline,
+    kept_sum,
     launch,
     log32,
     maximum,
@@ -212,8 +213,6 @@ def _poly_backward(x, g, grad, stats, coef, safe, log, f, claims):
                     if r[j] != NEG_INF:
                         dot += gr[j] if log else (
                             gr[j] * np.exp(_log_poly(coef, np.float64(r[j]))[0] - lz))
-                    elif log:
-                        dot += gr[j]
                 for j in range(n):
                     if r[j] == NEG_INF:
                         d[j] = F32(0.0)
@@ -226,7 +225,7 @@ def _poly_backward(x, g, grad, stats, coef, safe, log, f, claims):
                 inv = F32(1.0) / s if s > F32(0.0) else F32(0.0)
                 c0, c1, c2 = F32(coef[0]), F32(coef[1]), F32(coef[2])
                 if log:  # (two loops: a select would compute both branches per entry)
-                    sg = row_sum(gr) * inv
+                    sg = kept_sum(gr, r) * inv
                     for j in range(n):
                         v = r[j]
                         dv = (gr[j] / (c0 + v * (c1 + c2 * v)) - sg) * (c1 + F32(2.0) * c2 * v)
@@ -242,7 +241,7 @@ def _poly_backward(x, g, grad, stats, coef, safe, log, f, claims):
                 _poly_values_slopes(r, coef, f, d)
                 inv = F32(1.0) / s if s > F32(0.0) else F32(0.0)
                 if log:
-                    sg = row_sum(gr)
+                    sg = kept_sum(gr, r)
                     for j in range(n):
                         v = (gr[j] / f[j] - sg * inv) * d[j]
                         d[j] = v if r[j] != NEG_INF else F32(0.0)
@@ -341,7 +340,7 @@ def _sig_backward(x, g, grad, stats, log, t_row, claims):
             alpha, beta = _sig_consts(m)
             inv = F32(1.0) / F32(stats[i, 1])
             if log:  # p = u t / S, dz = (g - p sum g) (2 - sigma(z))
-                sg = row_sum(gr)
+                sg = kept_sum(gr, r)
                 if m <= F32(SIG_U_SAFE):
                     for j in range(n):
                         v = r[j]

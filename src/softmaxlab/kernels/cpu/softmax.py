@@ -36,9 +36,16 @@ def expnorm_forward(l: torch.Tensor, log: bool) -> torch.Tensor:
     return out
 
 
-def expnorm_backward(g: torch.Tensor, out: torch.Tensor, log: bool) -> torch.Tensor:
-    """Input gradient from the saved output (``g`` is 0 at excluded entries of the log form,
-    so they get 0: the result is that of the row with those entries sliced out)."""
-    if log:
-        return torch._log_softmax_backward_data(g, out, -1, out.dtype)
+def softmax_backward(g: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Input gradient of softmax from its output (0 where ``out`` is)."""
     return torch._softmax_backward_data(g, out, -1, out.dtype)
+
+
+def expnorm_backward(g: torch.Tensor, out: torch.Tensor, log: bool) -> torch.Tensor:
+    """Input gradient from the saved output; the log form ignores the upstream gradient at
+    excluded entries and gives them 0 (the gradient of the row with them sliced out)."""
+    if not log:
+        return softmax_backward(g, out)
+    # g - e^out sum g, with g 0 at the excluded entries (where e^out is 0): 0 there
+    return torch._log_softmax_backward_data(g.masked_fill(out == NEG_INF, 0.0), out, -1,
+                                            out.dtype)

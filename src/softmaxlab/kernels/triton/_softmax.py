@@ -358,6 +358,9 @@ def expnorm_forward(l: torch.Tensor, log: bool) -> torch.Tensor:
 
 
 def expnorm_backward(g: torch.Tensor, out: torch.Tensor, log: bool) -> torch.Tensor:
-    """Input gradient of :func:`expnorm_forward` from its output."""
+    """Input gradient of :func:`expnorm_forward` from its output (log form: the upstream
+    gradient at excluded entries is ignored, as if they were sliced out)."""
+    if log:
+        g = g.masked_fill(out == NEG_INF, 0.0)
     n = max(out.shape[-1], 1)
     return softmax_backward(out.view(-1, n), g.view(-1, n), 1.0, log).view(out.shape)
