@@ -34,6 +34,7 @@ class _Options:
     reduction: str
     label_smoothing: float
     chunk_size: int
+    kernel: str | None  # the CPU chunk kernel chosen by linear_cross_entropy, if any
 
 
 def _logits(h, w, b, buf):
@@ -106,12 +107,9 @@ def _add_grads(g, h, w, rows, gh, gw, gb):
         gw += g.T @ h
 
 
-def _chunk_kernel(h, opts: _Options):
-    """The CPU kernel's ``softmax_chunk`` where it applies, else ``None``."""
-    spec = kernels.select("linear_cross_entropy", h, mapping=opts.mapping, params=opts.params,
-                          dtypes=set())
-    return None if spec is None or spec.backend != "cpu" else kernels.registry.load(
-        spec.name).softmax_chunk
+def _chunk_kernel(opts: _Options):
+    """The chosen CPU kernel's ``softmax_chunk``, or ``None``."""
+    return None if opts.kernel is None else kernels.registry.load(opts.kernel).softmax_chunk
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -128,7 +126,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n, cs = h.shape[0], opts.chunk_size
         eager = any(ctx.needs_input_grad[:3]) and opts.reduction != "none"
         acc = torch.float32 if h.dtype in LOW_PRECISION else h.dtype
-        fast = _chunk_kernel(h, opts)
+        fast = _chunk_kernel(opts)
         buf = torch.empty(min(cs, n), w.shape[0], dtype=acc, device=h.device)
         loss = torch.zeros(n, dtype=acc, device=h.device)
         if eager:
@@ -160,7 +158,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h, w, b, t, keep, cw = ctx.saved_tensors
         opts, n, cs = ctx.opts, h.shape[0], ctx.opts.chunk_size
         acc = torch.float32 if h.dtype in LOW_PRECISION else h.dtype
-        fast = _chunk_kernel(h, opts)
+        fast = _chunk_kernel(opts)
         buf = torch.empty(min(cs, n), w.shape[0], dtype=acc, device=h.device)
         gh = torch.empty_like(h)
         gw = torch.zeros(w.shape, dtype=acc, device=w.device)
@@ -245,7 +243,8 @@ def linear_cross_entropy(
     denom = w_rows.sum() if reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
     denom = torch.where(denom != 0, denom, torch.ones_like(denom))
     opts = _Options(mapping, tuple(sorted(mapping_params.items())), ignore_index, reduction,
-                    label_smoothing, chunk_size or max(1, CHUNK_ELEMENTS // v))
+                    label_smoothing, chunk_size or max(1, CHUNK_ELEMENTS // v),
+                    None if spec is None else spec.name)
     apply = _compiled if torch.compiler.is_compiling() else _LinearCrossEntropy.apply
     out = apply(h, weight, bias, t, keep, cw, denom, opts)
     out = out.reshape(target.shape) if reduction == "none" else out
