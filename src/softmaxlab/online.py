@@ -18,8 +18,9 @@ from functools import reduce
 import torch
 
 from . import kernels
-from ._constants import LOW_PRECISION, NEG_INF
+from ._constants import NEG_INF
 from ._validation import check_dim, check_input, check_int, check_k
+from .functional._common import compute
 from .kernels import ops
 
 __all__ = ["OnlineState", "online_logsumexp", "softmax_topk"]
@@ -52,7 +53,7 @@ class OnlineState:
         """The state of the entries of ``x`` along ``dim`` (computed in float32 or better)."""
         check_input(x)
         d = check_dim(x, dim)
-        x = x.float() if x.dtype in LOW_PRECISION else x
+        x = compute(x)
         if x.shape[d] == 0:
             shape = x.shape[:d] + x.shape[d + 1:]
             return cls.empty(shape, dtype=x.dtype, device=x.device)
@@ -119,14 +120,11 @@ def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tenso
     rows = x if last else x.movedim(d, -1)
     spec = kernels.select("softmax_topk", rows, k=k, n=rows.shape[-1])
     if spec is not None:
-        p, idx = ops.softmax_topk(rows if spec.low_precision else _compute(rows), k, spec.name)
+        p, idx = ops.softmax_topk(rows if spec.low_precision else compute(rows), k, spec.name)
     else:
-        z = _compute(rows)
+        z = compute(rows)
         top, idx = z.topk(k, dim=-1)
         p = OnlineState.from_chunk(z).probabilities(top)
     p = p.to(x.dtype)
     return (p, idx) if last else (p.movedim(-1, d), idx.movedim(-1, d))
 
-
-def _compute(z: torch.Tensor) -> torch.Tensor:
-    return z.float() if z.dtype in LOW_PRECISION else z

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from ..._constants import FLOAT32_MATH
+from ..._constants import FLOAT32_MATH, FLOATING
 from ..registry import KernelSpec, register
 
 #: softmax_topk: entries per block (the top-k is searched among ``k * TOPK_BLOCK`` entries).
@@ -38,7 +38,6 @@ TOPK_BLOCK = 128
 #: ``TOPK_MIN_RATIO * k * TOPK_BLOCK`` entries (shorter rows: torch.topk is as fast).
 TOPK_MAX_K = 64
 TOPK_MIN_RATIO = 4
-FLOATS = (*FLOAT32_MATH, torch.float64)
 
 
 def topk_applies(n: int, k: int) -> bool:
@@ -52,7 +51,7 @@ def _cpu(op: str, name: str, module: str, dtypes=FLOAT32_MATH, needs: str | None
 
 
 _cpu("softmax", "cpu.softmax", "expnorm")
-_cpu("softmax", "cpu.softmax_torch", "softmax", FLOATS, needs=None)
+_cpu("softmax", "cpu.softmax_torch", "softmax", FLOATING, needs=None)
 for _op in ("taylor_softmax", "spherical_softmax", "sigsoftmax"):
     _cpu(_op, f"cpu.{_op}", "scores")
 for _op in ("sparsemax", "entmax15"):

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import torch
 
+from ..._constants import FLOATING
 from ..registry import KernelSpec, register
-
-FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _triton(op: str, module: str, applies=None) -> None:
-    register(KernelSpec(op, "triton", f"triton.{op}", f"{__name__}.{module}", FLOATS, "triton",
+    register(KernelSpec(op, "triton", f"triton.{op}", f"{__name__}.{module}", FLOATING, "triton",
                         applies, low_precision=True))
 
 
