@@ -27,8 +27,6 @@ per kernel), later processes load it.
 
 from __future__ import annotations
 
-import torch
-
 from ..._constants import FLOAT32_MATH, FLOATING
 from ..registry import KernelSpec, register
 
