@@ -164,16 +164,21 @@ def log_mapping_names() -> list[str]:
 def resolve_log_mapping(name: Any, params: dict[str, Any]) -> Mapping:
     """The registry record of a normalized mapping with a log form, ``params`` validated
     against its :class:`~softmaxlab.Param` records (``mask`` is always accepted)."""
-    valid = log_mapping_names()
-    if not isinstance(name, str) or name not in valid:
+    if not _REGISTRY:
+        mappings()  # registers the built-in mappings
+    m = _REGISTRY.get(name) if isinstance(name, str) else None
+    if m is not None and m.log_fn is not None and m.normalized:
+        if not params:
+            return m
+    else:
+        valid = log_mapping_names()
         natural = ""
-        if isinstance(name, str) and name in {m.name for m in mappings()}:
+        if isinstance(name, str) and name in _REGISTRY:
             natural = f" ({name!r} has none; its natural loss is {get_mapping(name).loss!r})"
         raise ValueError(
             f"mapping must be a normalized mapping with a log form, one of "
             f"{', '.join(map(repr, valid))}; got {name!r}{natural}"
         )
-    m = get_mapping(name)
     known = {p.name for p in m.params}
     for key, value in params.items():
         if key == "mask":

@@ -33,6 +33,8 @@ def check_input(x: object, name: str = "x") -> torch.Tensor:
 
 def check_dim(x: torch.Tensor, dim: object) -> int:
     """``dim`` as a non-negative index into ``x`` (``IndexError`` when out of range)."""
+    if dim == -1 and type(dim) is int:  # the common case, first
+        return max(x.dim() - 1, 0)
     if isinstance(dim, bool) or not isinstance(dim, int):
         raise TypeError(f"dim must be an int, got {dim!r} ({type(dim).__name__})")
     ndim = max(x.dim(), 1)

@@ -43,7 +43,11 @@ NEG_INF = float("-inf")
 def _direct(t: Tensor) -> bool:
     """Whether a call may skip the dispatcher: a plain eager tensor that needs no graph."""
     return (type(t) is Tensor and not (t.requires_grad and torch.is_grad_enabled())
-            and not torch.compiler.is_compiling() and not torch._C._get_tracing_state())
+            and not _is_compiling() and not _tracing_state())
+
+
+_is_compiling = torch.compiler.is_compiling
+_tracing_state = torch._C._get_tracing_state
 
 
 def _batched(info, in_dims: Sequence[int | None], args: Sequence[Any]) -> list[Any]:
@@ -64,9 +68,18 @@ def _vmap_rule(op: Callable) -> Callable:
     return rule
 
 
-def _fn(kernel: str, name: str) -> Callable:
-    return getattr(registry.load(kernel), name)
+_ROW_FUNCTIONS: dict[tuple[str, str], Callable] = {}
 
+
+def row_function(kernel: str, name: str) -> Callable:
+    """Row function ``name`` of kernel ``kernel``'s module."""
+    fn = _ROW_FUNCTIONS.get((kernel, name))
+    if fn is None:
+        fn = _ROW_FUNCTIONS[kernel, name] = getattr(registry.load(kernel), name)
+    return fn
+
+
+_fn = row_function
 
 # --------------------------------------------------------------------------- expnorm
 @torch.library.custom_op("softmaxlab::expnorm", mutates_args=())
