@@ -53,6 +53,10 @@ ENTRIES_PER_CLAIM = 1 << 14
 
 F32 = np.float32
 NEG_INF = F32(-np.inf)
+#: ``claims`` of a single-threaded call: one block holds every row (copied per call).
+_ONE_CLAIM = np.array([0, 1 << 62], np.int64)
+#: The NumPy dtype of each tensor dtype a kernel takes.
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64}
 
 
 def row_kernel(fn):
@@ -85,8 +89,10 @@ def launch(kernel, arrays: tuple, *args, scratch: tuple = ()):
     or a trampoline is not available, Python threads do the same work."""
     size = arrays[0].size
     if size < 2 * MIN_ENTRIES_PER_THREAD:  # the caller alone, one claim of every row
-        buffers = [np.empty(max(n, 1), dt) for n, dt in scratch] if scratch else ()
-        return kernel(*arrays, *args, *buffers, np.array([0, 1 << 62], np.int64))
+        if scratch:
+            return kernel(*arrays, *args, *[np.empty(max(n, 1), dt) for n, dt in scratch],
+                          _ONE_CLAIM.copy())
+        return kernel(*arrays, *args, _ONE_CLAIM.copy())
     threads = min(torch.get_num_threads(), size // MIN_ENTRIES_PER_THREAD)
     claims = np.array([0, max(1, ENTRIES_PER_CLAIM // max(arrays[0].shape[-1], 1))], np.int64)
     if threads == 1:
@@ -307,13 +313,23 @@ def rows(t: torch.Tensor) -> np.ndarray:
     if t.requires_grad:
         t = t.detach()
     a = (t if t.is_contiguous() else t.contiguous()).numpy()
-    return a.reshape(-1, a.shape[-1] if a.ndim else 1)
+    return a if a.ndim == 2 else a.reshape(-1, a.shape[-1] if a.ndim else 1)
 
 
-def empty_rows(t: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-    """A new contiguous tensor shaped like ``t`` and its ``(rows, last dim)`` array."""
-    out = torch.empty_like(t, memory_format=torch.contiguous_format)
-    return out, rows(out)
+def empty_rows(t: torch.Tensor, a: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """A new C-contiguous tensor shaped like ``t`` and its ``(rows, last dim)`` array, given
+    ``a = rows(t)``. The memory is NumPy's, given to torch (``torch.from_numpy``, as a
+    DataLoader's batches): a third of the cost of ``torch.empty`` and ``.numpy()`` on tiny
+    rows; such a tensor cannot be ``resize_()``d."""
+    out_rows = np.empty_like(a)
+    out = torch.from_numpy(out_rows)
+    return (out if t.dim() == 2 else out.view(t.shape)), out_rows
+
+
+def new_rows(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, np.ndarray]:
+    """A new tensor of ``shape`` (NumPy's memory, as :func:`empty_rows`) and its rows."""
+    a = np.empty(shape, _NUMPY[dtype])
+    return torch.from_numpy(a), a if a.ndim == 2 else a.reshape(-1, a.shape[-1] if a.ndim else 1)
 
 
 def _binary_intrinsic(name: str, doc: str):

@@ -82,8 +82,8 @@ def expnorm_forward(l: torch.Tensor, log: bool) -> torch.Tensor:
     tensor([[0.5000, 0.5000],
             [0.0000, 0.0000]])
     """
-    out, out_rows = empty_rows(l)
     x = rows(l)
+    out, out_rows = empty_rows(l, x)
     launch(_forward, (x, out_rows), log)
     return out
 
@@ -93,7 +93,8 @@ def expnorm_backward(g: torch.Tensor, out: torch.Tensor, log: bool) -> torch.Ten
     upstream gradient at excluded entries and gives them 0 (the sliced-out row's gradient)."""
     if not log:
         return softmax_backward(g, out)
-    grad, grad_rows = empty_rows(out)
-    launch(_log_backward, (rows(out), rows(g), grad_rows))
+    o = rows(out)
+    grad, grad_rows = empty_rows(out, o)
+    launch(_log_backward, (o, rows(g), grad_rows))
     return grad
 

@@ -38,6 +38,7 @@ from ._jit import (
     launch,
     log32,
     maximum,
+    new_rows,
     reduction,
     row_dot,
     row_kernel,
@@ -379,9 +380,8 @@ def score_forward(z: torch.Tensor, coef: tuple[float, ...] | None, log: bool):
     ``coef``: the polynomial's coefficients, lowest degree first; ``None``: sigsoftmax), and
     the two float64 numbers per row the backward needs."""
     x = rows(z)
-    out, out_rows = empty_rows(z)
-    stats = torch.empty((*z.shape[:-1], 2), dtype=torch.float64)
-    stats_rows = stats.numpy().reshape(-1, 2)
+    out, out_rows = empty_rows(z, x)
+    stats, stats_rows = new_rows((*z.shape[:-1], 2), torch.float64)
     if coef is None:
         launch(_sig_forward, (x, out_rows, stats_rows), log)
     else:
@@ -393,7 +393,7 @@ def score_backward(g: torch.Tensor, z: torch.Tensor, stats: torch.Tensor,
                    coef: tuple[float, ...] | None, log: bool) -> torch.Tensor:
     """Input gradient of :func:`score_forward` from the output gradient ``g``."""
     x = rows(z)
-    grad, grad_rows = empty_rows(z)
+    grad, grad_rows = empty_rows(z, x)
     st = rows(stats)
     scratch = ((x.shape[1], np.float32),)
     if coef is None:

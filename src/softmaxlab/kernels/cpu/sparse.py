@@ -185,14 +185,15 @@ def _backward(p, g, grad, entmax, claims):
 def sparse_forward(z: torch.Tensor, alpha: float) -> torch.Tensor:
     """Sparsemax (``alpha=2``) or 1.5-entmax (``alpha=1.5``) of float32 rows ``z``
     (excluded entries ``-inf``)."""
-    p, p_rows = empty_rows(z)
     x = rows(z)
+    p, p_rows = empty_rows(z, x)
     launch(_forward, (x, p_rows), alpha == 1.5, MAX_NEWTON, scratch=((x.shape[1], np.float32),))
     return p
 
 
 def sparse_backward(g: torch.Tensor, p: torch.Tensor, alpha: float) -> torch.Tensor:
     """Input gradient of :func:`sparse_forward` from its output ``p``."""
-    grad, grad_rows = empty_rows(p)
-    launch(_backward, (rows(p), rows(g), grad_rows), alpha == 1.5)
+    pr = rows(p)
+    grad, grad_rows = empty_rows(p, pr)
+    launch(_backward, (pr, rows(g), grad_rows), alpha == 1.5)
     return grad

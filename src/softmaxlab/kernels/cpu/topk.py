@@ -28,6 +28,7 @@ from ._jit import (
     inline,
     launch,
     maximum,
+    new_rows,
     row_kernel,
     row_max,
     row_sum,
@@ -149,11 +150,11 @@ def topk_forward(x: torch.Tensor, k: int):
     n = x.shape[-1]
     lead = x.shape[:-1]
     xr = rows(x)
-    p = torch.empty((*lead, k), dtype=x.dtype)
-    idx = torch.empty((*lead, k), dtype=torch.int64)
-    stats = torch.empty((*lead, 2), dtype=torch.float64)
+    p, p_rows = new_rows((*lead, k), x.dtype)
+    idx, idx_rows = new_rows((*lead, k), torch.int64)
+    stats, stats_rows = new_rows((*lead, 2), torch.float64)
     b = TOPK_BLOCK
-    launch(_forward, (xr, rows(p), rows(idx), rows(stats)), k, b,
+    launch(_forward, (xr, p_rows, idx_rows, stats_rows), k, b,
            scratch=((-(-n // b) + SPAN_BLOCKS * b, np.float32), (k, np.float32),
                     (k, np.int64), (k, np.int64)))
     return p, idx, stats
@@ -161,6 +162,7 @@ def topk_forward(x: torch.Tensor, k: int):
 
 def topk_backward(g, x, p, idx, stats) -> torch.Tensor:
     """Input gradient of :func:`topk_forward` from the gradient ``g`` of the probabilities."""
-    grad, grad_rows = empty_rows(x)
-    launch(_backward, (rows(x), rows(p), rows(idx), rows(g), grad_rows, rows(stats)))
+    xr = rows(x)
+    grad, grad_rows = empty_rows(x, xr)
+    launch(_backward, (xr, rows(p), rows(idx), rows(g), grad_rows, rows(stats)))
     return grad
