@@ -43,16 +43,17 @@ def along(
     d = check_dim(x, dim)
     if dtype is not None:
         x = x.to(check_dtype(dtype))
-    z = x.reshape(1) if x.dim() == 0 else x
+    ndim = x.dim()
+    z = x if ndim else x.reshape(1)
     if mask is not None:
         z = z.masked_fill(~check_mask(mask, z), NEG_INF)
-    last = d == z.dim() - 1
+    last = d == ndim - 1 or not ndim
     if not last:
         z = z.movedim(d, -1)
-    out = z.clone() if z.shape[-1] == 0 else core(z)
+    out = core(z) if z.shape[-1] else z.clone()
     if not last:
         out = out.movedim(-1, d)
-    if x.dim() == 0:
+    if not ndim:
         out = out.reshape(())
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
@@ -139,7 +140,8 @@ def exp_normalize(l: torch.Tensor, log: bool) -> torch.Tensor:
     spec = kernels.select("softmax", l)
     if spec is None:
         return apply(ExpNormalizeFunction, _ExpNormalize, compute(l), log)
-    return ops.expnorm(l if spec.low_precision else compute(l), log, spec.name)
+    return ops.expnorm(l if spec.low_precision or l.dtype not in LOW_PRECISION else l.float(),
+                       log, spec.name)
 
 
 def log_score_mapping(

@@ -27,7 +27,15 @@ def _softmax(x, dim, temperature, mask, dtype, log):
         return along(z, dim, mask, lambda r: exp_normalize(r, log)).to(out_dtype)
     if temperature != 1.0:
         return along(x, dim, mask, lambda r: exp_normalize(compute(r) / temperature, log), dtype)
-    return along(x, dim, mask, lambda r: exp_normalize(r, log), dtype)
+    return along(x, dim, mask, _log_softmax_rows if log else _softmax_rows, dtype)
+
+
+def _softmax_rows(z: torch.Tensor) -> torch.Tensor:
+    return exp_normalize(z, False)
+
+
+def _log_softmax_rows(z: torch.Tensor) -> torch.Tensor:
+    return exp_normalize(z, True)
 
 
 def softmax(
