@@ -20,10 +20,12 @@ them, so that no data-dependent branch breaks the graph.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .._validation import check_input, checks_values
 
@@ -59,6 +61,8 @@ def check_reduction(reduction: object) -> str:
 
 
 def check_label_smoothing(label_smoothing: object) -> float:
+    if label_smoothing == 0.0 and type(label_smoothing) is float:
+        return 0.0
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
     value = float(label_smoothing)
@@ -69,7 +73,24 @@ def check_label_smoothing(label_smoothing: object) -> float:
 
 def _to_rows(x: torch.Tensor) -> torch.Tensor:
     """torch's layout (class dimension 1, or the only one) -> rows ``(M, C)``."""
+    if x.dim() == 2:
+        return x
     return x[None] if x.dim() == 1 else x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def logit_rows(logits: torch.Tensor, name: str = "logits") -> tuple[torch.Tensor, torch.Size]:
+    """Validated ``logits`` in torch's layout as rows ``(M, C)`` (float16 and bfloat16
+    upcast to float32; callers cast the result back) and the batch shape."""
+    check_input(logits, name)
+    ndim = logits.dim()
+    if ndim == 0:
+        raise ValueError(f"{name} must have a class dimension, got a 0-dim tensor")
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    if ndim == 2:
+        return logits, logits.shape[:1]
+    batch_shape = torch.Size() if ndim == 1 else logits.shape[:1] + logits.shape[2:]
+    return _to_rows(logits), batch_shape
 
 
 def as_rows(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
@@ -77,13 +98,7 @@ def as_rows(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100
     """Validate ``logits``/``target`` in torch's layout and flatten to rows (float16 and
     bfloat16 logits are upcast to float32). With ``probs=True`` a floating ``target`` of
     ``logits``' shape holds class probabilities (an integer one still holds class ids)."""
-    check_input(logits, name)
-    if logits.dim() == 0:
-        raise ValueError(f"{name} must have a class dimension, got a 0-dim tensor")
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()  # losses compute in float32; callers cast the result back
-    rows = _to_rows(logits)
-    batch_shape = torch.Size() if logits.dim() == 1 else logits.shape[:1] + logits.shape[2:]
+    rows, batch_shape = logit_rows(logits, name)
     if probs and isinstance(target, torch.Tensor) and target.is_floating_point():
         q = check_probs(target, logits.shape, batch_shape, ignore_index, name)
         m = rows.shape[0]
@@ -121,10 +136,9 @@ def check_probs(target: torch.Tensor, shape: torch.Size, batch_shape: torch.Size
     )
 
 
-def check_target(target: object, shape: torch.Size, n_classes: int, ignore_index: int,
-                 where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flattened class ids (ignored rows set to 0) and the mask of kept rows (ids out of
-    range raise ``ValueError`` in eager mode; see :func:`checks_values`)."""
+def check_target_ids(target: object, shape: torch.Size, ignore_index: int,
+                     where: str) -> torch.Tensor:
+    """``target`` checked to be integer class ids of ``shape`` (their values unchecked)."""
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a tensor of class indices, got {type(target).__name__}")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -135,15 +149,28 @@ def check_target(target: object, shape: torch.Size, n_classes: int, ignore_index
         raise ValueError(
             f"target shape {tuple(target.shape)} does not match: expected {tuple(shape)} ({where})"
         )
-    t = target.reshape(-1)
+    return target
+
+
+def check_target(target: object, shape: torch.Size, n_classes: int, ignore_index: int,
+                 where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened class ids (ignored rows set to 0) and the mask of kept rows (ids out of
+    range raise ``ValueError`` in eager mode; see :func:`checks_values`)."""
+    t = check_target_ids(target, shape, ignore_index, where).reshape(-1)
     keep = t != ignore_index
     bad = keep & ((t < 0) | (t >= n_classes))
     if checks_values() and bool(bad.any()):
-        raise ValueError(
-            f"target values must be in [0, {n_classes}) or ignore_index={ignore_index}, "
-            f"got {t[bad][0].item()}"
-        )
+        raise_bad_target(t, n_classes, ignore_index)
     return t.masked_fill(~keep, 0).long(), keep
+
+
+def raise_bad_target(t: torch.Tensor, n_classes: int, ignore_index: int) -> None:
+    """Raise the ``ValueError`` naming the first target id outside ``[0, n_classes)``."""
+    bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
+    raise ValueError(
+        f"target values must be in [0, {n_classes}) or ignore_index={ignore_index}, "
+        f"got {t[bad][0].item()}"
+    )
 
 
 def class_weights(weight: torch.Tensor | None, n_classes: int, like: torch.Tensor,
@@ -191,6 +218,35 @@ def soft_nll_rows(logp: torch.Tensor, probs: torch.Tensor, weight: torch.Tensor 
     terms = q * logp if weight is None else q * logp * weight
     loss = -terms.sum(-1)
     return loss, torch.ones_like(loss)
+
+
+def eager_cpu_ids(logits: torch.Tensor, target: object) -> bool:
+    """Whether :func:`nll_loss` serves a loss of ``logits`` and class ids ``target``: CPU
+    tensors in eager code (where its checks of values cost no device sync)."""
+    return (isinstance(target, torch.Tensor) and not target.is_floating_point()
+            and isinstance(logits, torch.Tensor) and logits.is_cpu and target.is_cpu
+            and checks_values())
+
+
+def nll_loss(logp: torch.Tensor, target: torch.Tensor, batch_shape: torch.Size,
+             weight: torch.Tensor | None, ignore_index: int, reduction: str) -> torch.Tensor:
+    """torch's ``nll_loss`` of log-probability rows ``logp`` ``(M, C)`` and class ids
+    ``(M,)`` (int64), eager CPU only (:func:`eager_cpu_ids`): an id out of range raises
+    ``ValueError``, and a mean over rows of total weight 0 (every row ignored) is 0 with
+    zero gradient, not torch's NaN."""
+    try:
+        loss = F.nll_loss(logp, target, weight, ignore_index=ignore_index, reduction=reduction)
+    except IndexError:  # torch's "Target 9 is out of bounds."
+        raise_bad_target(target, logp.shape[-1], ignore_index)
+        raise
+    if reduction == "none":
+        return loss.reshape(batch_shape)
+    if reduction == "mean" and math.isnan(loss.item()):
+        keep = target != ignore_index
+        total = keep.sum() if weight is None else weight[target[keep]].sum()
+        if total == 0:
+            return loss.nan_to_num(0.0)  # its gradient is 0 where the value was NaN
+    return loss
 
 
 def reduce(loss: torch.Tensor, w_rows: torch.Tensor, batch_shape: torch.Size,

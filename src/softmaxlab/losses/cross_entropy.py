@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import torch
 
+from .. import kernels
 from .._registry import resolve_log_mapping
 from .._validation import check_real
+from ..kernels import ops
 from ._common import (
     as_rows,
     check_label_smoothing,
     check_reduction,
+    check_target_ids,
     class_weights,
+    eager_cpu_ids,
+    logit_rows,
+    nll_loss,
     nll_rows,
+    raise_bad_target,
     reduce,
     weighted_reduce,
 )
@@ -24,6 +31,10 @@ def log_probs(name: str, logits: torch.Tensor, params: dict) -> torch.Tensor:
     log_fn = resolve_log_mapping(name, params).log_fn
     assert log_fn is not None  # resolve_log_mapping returns only mappings with a log form
     return log_fn(logits, -1, **params)
+
+
+def _as(loss: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    return loss if loss.dtype == logits.dtype else loss.to(logits.dtype)
 
 
 def cross_entropy(
@@ -72,6 +83,24 @@ def cross_entropy(
     """
     reduction = check_reduction(reduction)
     label_smoothing = check_label_smoothing(label_smoothing)
+    if not label_smoothing and eager_cpu_ids(logits, target):
+        z, batch_shape = logit_rows(logits)
+        w = class_weights(weight, z.shape[-1], z)
+        t = check_target_ids(target, batch_shape, ignore_index, "logits' batch shape")
+        t = t if t.dim() == 1 else t.reshape(-1)
+        t = t if t.dtype == torch.int64 else t.long()
+        spec = kernels.select("cross_entropy", z, mapping=mapping, params=mapping_params)
+        if spec is not None:
+            try:
+                loss = ops.row_function(spec.name, "cross_entropy_forward")(
+                    z, t, w, ignore_index, reduction)
+            except IndexError:  # torch's "Target 9 is out of bounds."
+                raise_bad_target(t, z.shape[-1], ignore_index)
+                raise
+            if loss is not None:
+                return _as(loss.reshape(batch_shape) if reduction == "none" else loss, logits)
+        logp = log_probs(mapping, z, mapping_params)
+        return _as(nll_loss(logp, t, batch_shape, w, ignore_index, reduction), logits)
     rows = as_rows(logits, target, ignore_index, probs=True)
     w = class_weights(weight, rows.n_classes, rows.logits)
     logp = log_probs(mapping, rows.logits, mapping_params)

@@ -14,6 +14,9 @@ exp-normalizing mapping)    ``cpu.softmax_torch`` :mod:`.softmax` (torch's kerne
                                                   among a few candidates, no sort
 ``softmax_topk``            ``cpu.softmax_topk``  :mod:`.topk` (numba), block maxima and a
                                                   streamed normalizer, when :func:`topk_applies`
+``cross_entropy``           ``cpu.cross_entropy_  :mod:`.softmax`: torch's fused
+(softmax, eager)            torch``               ``F.cross_entropy`` where its result is the
+                                                  contract's (no NaN)
 ``linear_cross_entropy``    ``cpu.linear_ce_      :mod:`.linear_ce`, the softmax gradient of a
                             softmax``             chunk written over its logits
 ==========================  ====================  =============================================
@@ -55,5 +58,7 @@ for _op in ("taylor_softmax", "spherical_softmax", "sigsoftmax"):
 for _op in ("sparsemax", "entmax15"):
     _cpu(_op, f"cpu.{_op}", "sparse")
 _cpu("softmax_topk", "cpu.softmax_topk", "topk", applies=lambda f: topk_applies(f["n"], f["k"]))
+_cpu("cross_entropy", "cpu.cross_entropy_torch", "softmax", FLOATING, needs=None,
+     applies=lambda f: f["mapping"] == "softmax" and not f["params"])
 _cpu("linear_cross_entropy", "cpu.linear_ce_softmax", "linear_ce", needs=None,
      applies=lambda f: f["mapping"] == "softmax" and not f["params"])

@@ -1,6 +1,6 @@
-r"""Safe softmax and log-softmax: the forward of :mod:`.expnorm` (numba, float32) or torch's
-own ``torch._softmax``/``torch._log_softmax``, and torch's ``_backward_data`` from the saved
-output, inside one ``autograd.Function``.
+r"""torch's own kernels under the library's contract: safe softmax and log-softmax
+(``torch._softmax``/``torch._log_softmax``, and ``_backward_data`` from the saved output),
+and the softmax cross-entropy of rows (``F.cross_entropy``, one fused call).
 
 On torch's kernels the library's contract costs one column per row: in torch's output a
 row is NaN entirely or not at all, so one column tells which rows to look at; of those, the
@@ -19,7 +19,10 @@ not return freed memory to the system.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 NEG_INF = float("-inf")
 
@@ -49,3 +52,15 @@ def expnorm_backward(g: torch.Tensor, out: torch.Tensor, log: bool) -> torch.Ten
     # g - e^out sum g, with g 0 at the excluded entries (where e^out is 0): 0 there
     return torch._log_softmax_backward_data(g.masked_fill(out == NEG_INF, 0.0), out, -1,
                                             out.dtype)
+
+
+def cross_entropy_forward(z: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                          ignore_index: int, reduction: str) -> torch.Tensor | None:
+    """torch's softmax cross-entropy of rows ``z`` ``(M, C)`` and class ids ``(M,)``, or
+    ``None`` where its result holds a NaN the contract defines otherwise or that torch's
+    kernel may have made (a row with nothing kept, every row ignored; a NaN logit gives NaN
+    on either path): the caller then takes the safe path. Eager CPU only (reads the value).
+    An id out of range raises torch's ``IndexError``."""
+    loss = F.cross_entropy(z, target, weight, ignore_index=ignore_index, reduction=reduction)
+    nan = bool(loss.isnan().any()) if reduction == "none" else math.isnan(loss.item())
+    return None if nan else loss
