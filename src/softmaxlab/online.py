@@ -20,7 +20,7 @@ import torch
 from . import kernels
 from ._constants import NEG_INF
 from ._validation import check_dim, check_input, check_int, check_k
-from .functional._common import compute
+from .functional._common import compute, exp_normalize
 from .kernels import ops
 
 __all__ = ["OnlineState", "online_logsumexp", "softmax_topk"]
@@ -100,10 +100,12 @@ def online_logsumexp(x: torch.Tensor, dim: int = -1, *, chunk_size: int = 65536)
 def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The ``k`` largest softmax probabilities along ``dim`` and their indices.
 
-    Equal to ``softmax(x, dim).topk(k, dim)`` (largest first), normalized over the whole row,
-    without materializing the softmax: the top-k logits and the row's online normalizer
-    give :math:`p_i = e^{x_i - m} / d`. Differentiable. On CPU, long rows take the
-    one-read block search of :mod:`softmaxlab.kernels.cpu.topk`.
+    Equal to ``softmax(x, dim).topk(k, dim)`` (largest first; the indices are those of the
+    k largest logits, also where probabilities underflow to equal zeros), normalized over
+    the whole row. Differentiable. On CPU, long rows take the one-read block search of
+    :mod:`softmaxlab.kernels.cpu.topk` (the top-k logits and the row's online normalizer
+    give :math:`p_i = e^{x_i - m} / d` without materializing the softmax); other rows the
+    safe softmax gathered at the top-k logits.
 
     Example:
         >>> p, i = softmax_topk(torch.tensor([1.0, 3.0, 2.0]), 2)
@@ -121,10 +123,10 @@ def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tenso
     spec = kernels.select("softmax_topk", rows, k=k, n=rows.shape[-1])
     if spec is not None:
         p, idx = ops.softmax_topk(rows if spec.low_precision else compute(rows), k, spec.name)
-    else:
+    else:  # rows too short for the block search: the (safe) softmax at the top-k logits
         z = compute(rows)
-        top, idx = z.topk(k, dim=-1)
-        p = OnlineState.from_chunk(z).probabilities(top)
+        idx = z.topk(k, dim=-1).indices
+        p = exp_normalize(z, False).gather(-1, idx)
     p = p.to(x.dtype)
     return (p, idx) if last else (p.movedim(-1, d), idx.movedim(-1, d))
 

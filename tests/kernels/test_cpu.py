@@ -371,9 +371,11 @@ def check_topk(x: torch.Tensor, k: int, dim: int, backend, expect: str, ties: bo
         exact, _, exact_grad = run_topk(x.double())
         assert_as_accurate(p, ref, exact, "probabilities")
         assert_as_accurate(grad, ref_grad, exact_grad, "gradients")
-    else:
-        assert_close(p, ref, ulp(x.dtype), "probabilities")
-        assert_close(grad, ref_grad, ulp(x.dtype), "gradients")
+    else:  # half types: float32 results rounded to them; float64: torch's softmax kernel
+        # (short rows) against the reference formula, the comparison ORACLE describes
+        tol = ORACLE[F64] if x.dtype == F64 else ulp(x.dtype)
+        assert_close(p, ref, tol, "probabilities")
+        assert_close(grad, ref_grad, tol, "gradients")
     finite_rows = ~x.isnan().any(dim, keepdim=True)
     # indices may differ on ties: they must point at the same values
     vals = torch.where(finite_rows, x.gather(dim, idx), 0)
