@@ -273,7 +273,8 @@ def entmax(
 
     ``alpha >= 1``: a float, or a tensor broadcastable to ``x`` with size 1 along ``dim``
     (per-row, learnable: the gradient with respect to ``alpha`` is exact, also at 1).
-    ``alpha`` 1 and 2 are computed exactly; other values by ``n_iter`` bisection steps on
+    ``alpha`` 1, 1.5 and 2 are computed exactly (:func:`softmax`, :func:`entmax15`,
+    :func:`sparsemax`); other values by ``n_iter`` bisection steps on
     :math:`\tau`. Shapes, ``dim`` and ``mask`` as in :func:`softmaxlab.softmax`.
 
     Example:
@@ -286,6 +287,8 @@ def entmax(
     if not isinstance(alpha, torch.Tensor):
         if alpha == 1:
             return softmax(x, dim, mask=mask, dtype=dtype)
+        if alpha == 1.5:
+            return entmax15(x, dim, mask=mask, dtype=dtype)
         if alpha == 2:
             return sparsemax(x, dim, mask=mask, dtype=dtype)
         alpha = torch.tensor(float(alpha), dtype=torch.float64)
