@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -42,9 +41,16 @@ def log_taylor(z: torch.Tensor, order: int) -> torch.Tensor:
     return torch.where(small, poly.log(), big)
 
 
-@functools.lru_cache(maxsize=16)
+_COEFFICIENTS: dict[int, tuple[float, ...]] = {}
+
+
 def _coefficients(order: int) -> tuple[float, ...]:
-    return tuple(1 / math.factorial(k) for k in range(order + 1))
+    """``1/k!`` for ``k = 0..order`` (cached in a plain dict, which Dynamo traces; it warns
+    about ``functools.lru_cache``)."""
+    coef = _COEFFICIENTS.get(order)
+    if coef is None:
+        coef = _COEFFICIENTS[order] = tuple(1 / math.factorial(k) for k in range(order + 1))
+    return coef
 
 
 def _taylor(x, dim, order, mask, dtype, log):
