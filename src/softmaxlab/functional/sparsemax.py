@@ -40,10 +40,11 @@ def _threshold_at(values: torch.Tensor, support: torch.Tensor) -> tuple[torch.Te
 def _sparsemax_vjp(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """Jacobian (symmetric) times ``g``: ``diag(s) - s s^T / |S|``, s = support indicator.
 
-    ``s = sign(p)`` (``p >= 0``), whose derivative autograd knows to be 0: the Jacobian is
-    piecewise constant, so the second derivative is exactly 0, and with ``create_graph``
-    the gradient still has a graph (as torch's ``relu``), not a detached constant."""
-    s = p.sign().to(g.dtype)
+    ``s`` is 1 where ``p > 0`` from ``sign(p)``, whose derivative autograd knows to be 0:
+    the Jacobian is piecewise constant, so the second derivative is exactly 0, and with
+    ``create_graph`` the gradient still has a graph (as torch's ``relu``), not a detached
+    constant."""
+    s = torch.where(p > 0, p.sign(), 0.0).to(g.dtype)
     mean = (g * s).sum(-1, keepdim=True) / s.sum(-1, keepdim=True).clamp(min=1)
     return s * (g - mean)
 
@@ -106,29 +107,34 @@ class _Entmax15(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (p,) = ctx.saved_tensors
-        return _entmax_input_grad(g, support_pow(p, 0.5))
+        return _entmax15_vjp(g, p)
 
 
 class Entmax15Function(_Entmax15):
     @staticmethod
     def jvp(ctx, dz: torch.Tensor):
         (p,) = ctx.saved_tensors
-        return _entmax_input_grad(dz, support_pow(p, 0.5))
+        return _entmax15_vjp(dz, p)
+
+
+def _entmax15_vjp(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Jacobian (symmetric) of 1.5-entmax times ``g``, from its output ``p``."""
+    return _entmax_input_grad(g, support_pow(p, 0.5))
 
 
 def support_pow(p: torch.Tensor, exponent: float | torch.Tensor) -> torch.Tensor:
-    """``p ** exponent`` on the support (``p > 0``), 0 elsewhere, with finite derivatives
-    everywhere: the power of 0 (``0 ** 0.5`` has an infinite derivative, and
+    """``p ** exponent`` on the support, 0 where ``p == 0`` (NaN stays NaN), with finite
+    derivatives everywhere: the power of 0 (``0 ** 0.5`` has an infinite derivative, and
     ``torch.where`` would turn it into ``0 * inf = NaN`` in a second derivative) is never
     taken."""
-    on = p > 0
-    return torch.where(on, torch.where(on, p, 1.0).pow(exponent), 0.0)
+    off = p == 0
+    return torch.where(off, 0.0, torch.where(off, 1.0, p).pow(exponent))
 
 
 def _support_log(p: torch.Tensor) -> torch.Tensor:
-    """``log p`` on the support, 0 elsewhere (finite derivatives everywhere)."""
-    on = p > 0
-    return torch.where(on, torch.where(on, p, 1.0).log(), 0.0)
+    """``log p`` on the support, 0 where ``p == 0`` (finite derivatives everywhere)."""
+    off = p == 0
+    return torch.where(off, 0.0, torch.where(off, 1.0, p).log())
 
 
 def _entmax_input_grad(g: torch.Tensor, gppr: torch.Tensor) -> torch.Tensor:
@@ -223,6 +229,11 @@ class EntmaxBisectFunction(_EntmaxBisect):
         gppr, dp_dalpha = _alpha_parts(p, alpha)
         out = _entmax_input_grad(dz, gppr)
         return out if dalpha is None else out + dp_dalpha * dalpha.to(out.dtype)
+
+
+# The sparse kernels' backward under create_graph=True (see kernels/ops.py)
+ops.register_vjp("sparsemax", _sparsemax_vjp)
+ops.register_vjp("entmax15", _entmax15_vjp)
 
 
 def _sparse(op: str, z: torch.Tensor, alpha: float, reference, traced) -> torch.Tensor:
