@@ -76,14 +76,20 @@ def _chunk_loss(h, w, b, t, keep, cw, opts: _Options):
                     opts.label_smoothing)[0]
 
 
+def _chunk_losses(h, w, b, t, keep, cw, opts: _Options):
+    """Per-row losses of every chunk as plain differentiable ops (all logits kept)."""
+    cs = opts.chunk_size
+    return torch.cat([_chunk_loss(h[s:s + cs], w, b, t[s:s + cs], keep[s:s + cs], cw, opts)
+                      for s in range(0, h.shape[0], cs)])
+
+
 def _compiled(h, w, b, t, keep, cw, denom, opts: _Options):
     """What ``torch.compile`` traces instead of :class:`_LinearCrossEntropy` (whose
     per-chunk ``torch.autograd.grad`` dynamo cannot trace): the same chunks, each under
     ``torch.utils.checkpoint`` so its logits are recomputed in backward, not kept."""
     n, cs = h.shape[0], opts.chunk_size
     if torch.compiler.is_exporting():  # an exported program is a forward: no recompute
-        loss = torch.cat([_chunk_loss(h[s:s + cs], w, b, t[s:s + cs], keep[s:s + cs], cw, opts)
-                          for s in range(0, n, cs)])
+        loss = _chunk_losses(h, w, b, t, keep, cw, opts)
     else:
         loss = torch.cat([
             torch.utils.checkpoint.checkpoint(_chunk_loss, h[s:s + cs], w, b, t[s:s + cs],
@@ -118,7 +124,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     For ``mean``/``sum`` the gradients are computed during the forward pass (the three
     matrix products, one pass over the chunks) and only scaled in backward; for ``none``
-    the backward recomputes each chunk with the incoming per-row gradients.
+    the backward recomputes each chunk with the incoming per-row gradients. Under
+    ``create_graph=True`` (a second derivative) the backward is autograd through the
+    chunks' losses in plain ops (:func:`_differentiable_grads`): exact, and as large as the
+    naive form (all logits kept for the double backward).
     """
 
     @staticmethod
@@ -140,22 +149,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if eager:
                 _add_grads(g, h[sl], w, sl, gh, gw, gb)
         ctx.opts, ctx.eager = opts, eager
-        if eager:
-            ctx.save_for_backward(gh, gw.to(w.dtype), None if b is None or gb is None
-                                  else gb.to(b.dtype))
-            return loss.sum() / denom
-        ctx.save_for_backward(h, w, b, t, keep, cw)
+        grads = (gh, gw.to(w.dtype), None if b is None or gb is None else gb.to(b.dtype)
+                 ) if eager else (None, None, None)
+        ctx.save_for_backward(h, w, b, t, keep, cw, denom, *grads)
         return loss if opts.reduction == "none" else loss.sum() / denom
 
     @staticmethod
     def backward(ctx, g):
+        h, w, b, t, keep, cw, denom, *grads = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that has a graph
+            return *_differentiable_grads(ctx, g), *([None] * 5)
         if ctx.eager:
-            grads = ctx.saved_tensors
             # loss.backward() (eager): hand over the saved gradients, no copy; under
             # torch.compile always scale (no data-dependent branch)
             one = checks_values() and bool(g == 1)
             return *(x if x is None or one else x * g for x in grads), *([None] * 5)
-        h, w, b, t, keep, cw = ctx.saved_tensors
         opts, n, cs = ctx.opts, h.shape[0], ctx.opts.chunk_size
         acc = torch.float32 if h.dtype in LOW_PRECISION else h.dtype
         fast = _chunk_kernel(opts)
@@ -169,6 +177,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
             _add_grads(g_c, h[sl], w, sl, gh, gw, gb)
         return (gh, gw.to(w.dtype), None if b is None or gb is None else gb.to(b.dtype),
                 *([None] * 5))
+
+
+def _differentiable_grads(ctx, g):
+    """The input gradients of :class:`_LinearCrossEntropy` by autograd through the chunks'
+    losses in plain ops, differentiable again."""
+    h, w, b, t, keep, cw, denom = ctx.saved_tensors[:7]
+    wanted = [x is not None and n for x, n in zip((h, w, b), ctx.needs_input_grad[:3],
+                                                     strict=True)]
+    with torch.enable_grad():
+        loss = _chunk_losses(h, w, b, t, keep, cw, ctx.opts)
+        total = (loss * g).sum() if ctx.opts.reduction == "none" else loss.sum() / denom * g
+        grads = iter(torch.autograd.grad(
+            total, [x for x, k in zip((h, w, b), wanted, strict=True) if k], create_graph=True))
+    return tuple(next(grads) if k else None for k in wanted)
 
 
 def linear_cross_entropy(
