@@ -13,6 +13,7 @@ from ._common import (
     check_label_smoothing,
     check_reduction,
     class_weights,
+    loss_dtype,
     weighted_reduce,
 )
 
@@ -123,4 +124,4 @@ def fenchel_young_loss(
         q = (1 - label_smoothing) * q + label_smoothing / rows.n_classes
     opts = _Options(mapping, tuple(sorted(mapping_params.items())), alpha)
     loss = _FenchelYoung.apply(z, q, p, opts)
-    return weighted_reduce(loss, w, rows, reduction).to(logits.dtype)
+    return weighted_reduce(loss, w, rows, reduction).to(loss_dtype(logits))

@@ -16,6 +16,7 @@ from ._common import (
     check_reduction,
     check_target,
     class_weights,
+    loss_dtype,
     nll_rows,
 )
 from .cross_entropy import log_probs
@@ -224,6 +225,9 @@ def linear_cross_entropy(
         class_weight: per-class weights ``(V,)`` (torch's ``weight``; renamed because
             ``weight`` is the output projection here).
 
+    Under ``torch.autocast`` ``hidden`` and ``weight`` are cast to its dtype (as the matmul
+    ``hidden @ weight.T`` would be) and the loss is float32 (as ``F.cross_entropy``'s).
+
     Example:
         >>> h = torch.randn(6, 4); w = torch.randn(5, 4); t = torch.tensor([0, 1, 2, 3, 4, 0])
         >>> a = linear_cross_entropy(h, w, t, chunk_size=4)
@@ -244,6 +248,11 @@ def linear_cross_entropy(
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     reduction = check_reduction(reduction)
     label_smoothing = check_label_smoothing(label_smoothing)
+    out_dtype = loss_dtype(hidden)
+    if torch.is_autocast_enabled(hidden.device.type):
+        # torch.autocast: the logits hidden @ weight.T in its dtype (torch's policy for a
+        # matmul), the loss in float32 (its policy for cross-entropy)
+        hidden, weight = _autocast_inputs(hidden, weight)
     v = weight.shape[0]
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size)
@@ -260,7 +269,7 @@ def linear_cross_entropy(
             h, weight, bias, t, keep, cw, reduction=reduction, label_smoothing=label_smoothing,
             temperature=mapping_params.get("temperature", 1.0), chunk_size=chunk_size)
         out = out.reshape(target.shape) if reduction == "none" else out
-        return out.to(hidden.dtype)
+        return out.to(out_dtype)
     w_rows = (torch.ones(t.shape, dtype=acc, device=h.device) if cw is None else cw[t]) * keep
     denom = w_rows.sum() if reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
     denom = torch.where(denom != 0, denom, torch.ones_like(denom))
@@ -270,4 +279,12 @@ def linear_cross_entropy(
     apply = _compiled if torch.compiler.is_compiling() else _LinearCrossEntropy.apply
     out = apply(h, weight, bias, t, keep, cw, denom, opts)
     out = out.reshape(target.shape) if reduction == "none" else out
-    return out.to(hidden.dtype)
+    return out.to(out_dtype)
+
+
+def _autocast_inputs(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """``tensors`` as ``torch.autocast`` casts a matmul's inputs on their device: floating
+    tensors other than float64 to its dtype."""
+    dtype = torch.get_autocast_dtype(tensors[0].device.type)
+    return [t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+            for t in tensors]
