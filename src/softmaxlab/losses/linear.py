@@ -157,7 +157,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        h, w, b, t, keep, cw, denom, *grads = ctx.saved_tensors
+        h, w, b, t, keep, cw, _denom, *grads = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a gradient that has a graph
             return *_differentiable_grads(ctx, g), *([None] * 5)
         if ctx.eager:

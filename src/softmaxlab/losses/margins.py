@@ -194,6 +194,8 @@ def ensemble_soft_margin_loss(
         return loss.to(dtype)
     rows = [as_rows(z, target, ignore_index) for z in logits_list]
     keep = rows[0].keep
-    pairs = [hsic(rows[i].logits, rows[j].logits, keep)
-             for i in range(k) for j in range(i + 1, k)]
+    # a loss is a float32 op under torch.autocast (as F.cross_entropy): its matmuls too
+    with torch.autocast(keep.device.type, enabled=False):
+        pairs = [hsic(rows[i].logits, rows[j].logits, keep)
+                 for i in range(k) for j in range(i + 1, k)]
     return (loss + lam * torch.stack(pairs).mean().to(loss.dtype)).to(dtype)
