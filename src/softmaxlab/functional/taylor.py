@@ -7,7 +7,15 @@ import math
 import torch
 
 from .._registry import Mapping, Param, register
-from ._common import along, log_score_mapping, normalized, safe_where, score_mapping
+from ..kernels import ops
+from ._common import (
+    along,
+    log_score_mapping,
+    normalized,
+    recomputed_vjp,
+    safe_where,
+    score_mapping,
+)
 
 ORDER = Param(
     "order",
@@ -53,12 +61,21 @@ def _coefficients(order: int) -> tuple[float, ...]:
     return coef
 
 
+def _taylor_rows(z: torch.Tensor, coef: tuple[float, ...], log: bool) -> torch.Tensor:
+    """The reference rows of the score kernel's call (``coef``: the Taylor coefficients)."""
+    order = len(coef) - 1
+    return log_score_mapping(z, lambda s, _: log_taylor(s, order), log)
+
+
+ops.register_vjp("taylor_softmax", recomputed_vjp(_taylor_rows))
+
+
 def _taylor(x, dim, order, mask, dtype, log):
     ORDER.validate(order)
     coef = _coefficients(order)
 
     def reference(z):
-        return log_score_mapping(z, lambda s, _: log_taylor(s, order), log)
+        return _taylor_rows(z, coef, log)
 
     return along(x, dim, mask, lambda z: score_mapping("taylor_softmax", z, coef, log, reference),
                  dtype)
