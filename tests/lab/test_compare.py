@@ -217,8 +217,8 @@ def test_a_diverging_mapping_is_recorded_as_failed_and_the_others_go_on(tmp_path
     (["--dataset", "nope"], ["unknown dataset 'nope'", "digits", "movielens-100k"]),
     (["--mappings", "softmax,nope"], ["unknown mapping 'nope'", "sparsemax", "arcface"]),
     (["--model", "lstm"], ["unknown model 'lstm' for a classification dataset", "mlp, cnn"]),
-    (["--seeds", "0"], ["--seeds must be >= 1, got 0"]),
-    (["--jobs", "0"], ["--jobs must be >= 1, got 0"]),
+    (["--seeds", "0"], ["argument --seeds: must be an integer >= 1, got 0"]),
+    (["--jobs", "0"], ["argument --jobs: must be an integer >= 1, got 0"]),
 ], ids=["dataset", "mapping", "model", "seeds", "jobs"])
 def test_unknown_names_are_rejected_with_the_valid_choices(tmp_path, capsys, args, words):
     assert main(["compare", "--out", str(tmp_path / "out"), *args]) == 2
@@ -248,8 +248,60 @@ def test_a_run_directory_of_another_configuration_is_not_mixed_in(small_run, tmp
     copy.mkdir()
     shutil.copy(small_run / results.RESULTS, copy)
     assert main(["compare", "--limit", "300", "--epochs", "3", "--out", str(copy)]) == 2
-    assert "holds results of another configuration (epochs: 2 there, 3 now)" in (
-        capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert "holds results of another configuration (epochs: 2 there, 3 now)" in err
+    assert "--out NEW" in err and "--force" in err
+
+
+TINY = ["--limit", "100", "--epochs", "1", "--mappings", "softmax", "--seeds", "1",
+        "--jobs", "1"]
+
+
+def test_out_never_overwrites_files_softmaxlab_did_not_write(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.md").write_text("my own notes")
+    (out / "summary.csv").write_text("a,b\n")
+    assert main(["compare", *TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds summary.csv, report.md, which softmaxlab did not write" in err
+    assert err.count("\n") == 1
+    assert not (out / results.RESULTS).exists()  # refused before training
+    assert main(["compare", *TINY, "--out", str(out), "--force"]) == 2  # --force neither
+    assert (out / "report.md").read_text() == "my own notes"
+
+    run_dir = tmp_path / "run"
+    assert main(["compare", *TINY, "--out", str(run_dir)]) == 0
+    assert main(["report", str(run_dir)]) == 0  # its own files: re-rendered
+    (run_dir / "report.md").write_text("edited by hand")
+    capsys.readouterr()
+    assert main(["report", str(run_dir)]) == 2
+    assert "holds report.md" in capsys.readouterr().err
+    assert main(["compare", *TINY, "--out", str(run_dir)]) == 2
+    assert (run_dir / "report.md").read_text() == "edited by hand"
+
+
+def test_force_deletes_only_what_compare_wrote_and_starts_fresh(tmp_path, capsys):
+    assert main(["compare", *TINY, "--out", str(tmp_path)]) == 0
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert main(["compare", *TINY[:2], "--epochs", "2", *TINY[4:], "--out", str(tmp_path)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["compare", *TINY[:2], "--epochs", "2", *TINY[4:], "--out", str(tmp_path),
+                 "--force"]) == 0
+    runs = runs_of(tmp_path)
+    assert len(runs) == 1 and runs[0]["config"]["epochs"] == 2
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_the_command_fails_when_every_run_failed(tmp_path, capsys, monkeypatch):
+    softmax = lab_heads.get_head("softmax")
+    nan_loss = lab_heads.Head("diverges", softmax.mapping,
+                              lambda out, y: softmax.loss(out, y) * float("nan"))
+    everything = lab_heads.heads()
+    monkeypatch.setattr(lab_heads, "heads", lambda: (*everything, nan_loss))
+    assert main(["compare", *TINY[:4], "--mappings", "diverges", "--seeds", "1", "--jobs", "1",
+                 "--out", str(tmp_path)]) == 1
+    assert "every run failed" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------ other tasks

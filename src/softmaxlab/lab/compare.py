@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import datasets, results
+from . import datasets, options, outputs, results
 from .executor import executor
 from .heads import parse_heads
 from .models import build_model, check_model
@@ -38,46 +38,64 @@ def _check_config(out: Path, config: dict) -> set[tuple[str, int | None]]:
         if r["kind"] == "session":
             continue
         if r["config"] != config:
-            diff = ", ".join(f"{k}: {r['config'].get(k)!r} there, {v!r} now"
+            diff = ", ".join(f"{k}: {_short(r['config'].get(k))} there, {_short(v)} now"
                              for k, v in config.items() if r["config"].get(k) != v)
             raise ValueError(f"{out} holds results of another configuration ({diff}); "
-                             "use another --out or remove that directory")
+                             f"to start fresh, give a new folder (--out NEW) or add --force "
+                             f"(deletes the results there)")
         done.add((r["mapping"], r.get("seed")))
     return done
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
 
 
 def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = RunConfig.epochs,
             model: str | None = None, jobs: int = 1, out: str | Path | None = None,
             limit: int | None = None, lr: float = RunConfig.lr,
             batch_size: int = RunConfig.batch_size, device: str = RunConfig.device,
-            label: str | None = None, progress: bool = True) -> Path:
+            label: str | None = None, progress: bool = True, force: bool = False) -> Path:
     """Run every missing ``(mapping, seed)`` of the comparison and render the report.
 
     ``dataset`` is a name or path for ``softmaxlab.lab.datasets.load`` (split seed 0) or a
-    loaded ``Dataset``. Returns the run directory.
+    loaded ``Dataset``. Every option is checked before any training (``ValueError`` naming
+    the flag and the value); ``out`` must not hold files softmaxlab did not write there
+    (:mod:`.outputs`); ``force`` deletes the results already in ``out`` and starts fresh.
+    Returns the run directory.
     """
-    from .report import render  # Matplotlib: the lab extra
+    from .report import OUTPUT_NAMES, render  # Matplotlib: the lab extra
 
     start = time.perf_counter()
     heads = parse_heads(mappings)
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    if epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {epochs}")
-    if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    seeds = options.check_positive_int("--seeds", seeds)
+    epochs = options.check_positive_int("--epochs", epochs)
+    jobs = options.check_positive_int("--jobs", jobs)
+    batch_size = options.check_positive_int("--batch-size", batch_size)
+    lr = options.check_positive_float("--lr", lr)
+    if limit is not None:
+        limit = options.check_positive_int("--limit", limit)
+    options.check_device(device)
+    if out is not None:
+        out = outputs.prepare(out)
     if isinstance(dataset, (str, Path)):
         dataset = datasets.load(dataset, limit=limit, label=label)
     cfg = RunConfig(model=check_model(model, dataset.task), epochs=epochs, lr=lr,
                     batch_size=batch_size, device=device)
     build_model(cfg.model, dataset, cosine=False)  # a model that does not fit fails here, once
-    out = Path(out) if out is not None else Path("runs") / f"compare-{dataset.name}"
-    out.mkdir(parents=True, exist_ok=True)
+    if out is None:
+        out = outputs.prepare(Path("runs") / f"compare-{dataset.name}")
     config = {"dataset": dataset.name, "source": dataset.meta.get("source"),
               "task": dataset.task, "limit": limit, "sizes": list(dataset.sizes()),
               "n_classes": dataset.n_classes, **cfg.as_dict()}
-    results.repair(out)
+    outputs.check_overwrite(out, OUTPUT_NAMES)
+    if force:
+        outputs.remove_outputs(out)
+    else:
+        results.repair(out)
     done = _check_config(out, config)
+    outputs.make(out)
     for h in heads:
         if h.skip and (h.name, None) not in done:
             results.append(out, {"kind": "skipped", "mapping": h.name, "seed": None,
@@ -134,13 +152,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out = compare(args.dataset, mappings=args.mappings, seeds=args.seeds,
                       epochs=args.epochs, model=args.model, jobs=args.jobs, out=args.out,
                       limit=args.limit, lr=args.lr, batch_size=args.batch_size,
-                      device=args.device, label=args.label)
+                      device=args.device, label=args.label, force=args.force)
     except KeyboardInterrupt:
         print("\ninterrupted: every finished run is kept; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    print_summary(out, total_wall=time.perf_counter() - t0)
+    summary = print_summary(out, total_wall=time.perf_counter() - t0)
+    if not any(row.seeds_ok for row in summary.rows):
+        print("softmaxlab: error: every run failed (reasons above and in the report)",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _int(flag: str):
+    return options.arg_type(options.check_positive_int, flag)
 
 
 def register(subparsers) -> None:
@@ -154,23 +180,32 @@ def register(subparsers) -> None:
                         "`softmaxlab data` lists them)")
     p.add_argument("--mappings", default="all",
                    help="'all' or comma-separated names (default %(default)s)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=RunConfig.epochs, help="default %(default)s")
+    p.add_argument("--seeds", type=_int("--seeds"), default=3,
+                   help="seeds 0..N-1 (default %(default)s)")
+    p.add_argument("--epochs", type=_int("--epochs"), default=RunConfig.epochs,
+                   help="default %(default)s")
     p.add_argument("--model", default=None,
                    help="mlp or cnn (classification), lstm or transformer (language model), "
                         "gru (recommendation); default: the first for the task")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--jobs", type=_int("--jobs"), default=os.cpu_count() or 1,
                    help="parallel runs; 1 runs in this process (default: CPU count, "
                         "%(default)s)")
     p.add_argument("--out", default=None,
-                   help="run directory (default runs/compare-DATASET)")
-    p.add_argument("--limit", type=int, default=None,
+                   help="run directory (default runs/compare-DATASET); rerunning the same "
+                        "command resumes there; files softmaxlab did not write are never "
+                        "overwritten")
+    p.add_argument("--force", action="store_true",
+                   help="delete the results already in --out and start fresh")
+    p.add_argument("--limit", type=_int("--limit"), default=None,
                    help="keep the first N rows (tokens) of each split")
-    p.add_argument("--lr", type=float, default=RunConfig.lr,
+    p.add_argument("--lr", type=options.arg_type(options.check_positive_float, "--lr"),
+                   default=RunConfig.lr,
                    help="Adam learning rate (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=RunConfig.batch_size,
+    p.add_argument("--batch-size", type=_int("--batch-size"), default=RunConfig.batch_size,
                    help="default %(default)s")
     p.add_argument("--device", default=RunConfig.device,
-                   help="torch device (default %(default)s)")
+                   type=options.arg_type(lambda flag, v: options.check_device(v, flag),
+                                         "--device"),
+                   help="torch device: cpu, cuda, cuda:N, mps (default %(default)s)")
     p.add_argument("--label", default=None, help="class column of a CSV/Parquet file")
     p.set_defaults(func=cmd_compare)

@@ -21,7 +21,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import results
+from . import outputs, results
 from .heads import heads
 from .train import TASK_METRICS
 
@@ -46,6 +46,11 @@ METRICS = {
 #: Left out of the terminal table to keep it narrow (they are in summary.csv and the reports).
 TERMINAL_SKIP = {"temperature", "ndcg@10", "inference_time_per_example", "peak_memory_mb"}
 ALPHA = 0.05
+#: The plots, in the order they appear.
+PLOT_NAMES = ("metrics", "curves", "reliability", "cost")
+#: Every file :func:`render` writes, relative to the run directory.
+OUTPUT_NAMES = ("summary.csv", "report.md", "report.html",
+                *(f"plots/{name}.png" for name in PLOT_NAMES))
 REFERENCE = "softmax"
 NA = "n/a"
 
@@ -249,8 +254,10 @@ def plots(summary: Summary) -> dict[str, bytes]:
         return {}
     colors = {r.mapping: plt.cm.tab20(i % 20) for i, r in enumerate(rows)}
     out = {}
-    for name, draw in (("metrics", _metric_bars), ("curves", _curves),
-                       ("reliability", _reliability_grid), ("cost", _cost)):
+    drawers = {"metrics": _metric_bars, "curves": _curves, "reliability": _reliability_grid,
+               "cost": _cost}
+    for name in PLOT_NAMES:
+        draw = drawers[name]
         fig = draw(plt, summary, rows, colors)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=72)
@@ -370,8 +377,8 @@ def _heading(summary: Summary) -> str:
             "order")
 
 
-def _csv(summary: Summary, path: Path) -> None:
-    with open(path, "w", newline="") as f:
+def _csv(summary: Summary) -> str:
+    with io.StringIO(newline="") as f:
         w = csv.writer(f)
         w.writerow(["mapping", "status", "seeds_ok", "runs_failed"]
                    + [f"{m}_{s}" for m in summary.metrics for s in ("mean", "std")]
@@ -385,6 +392,7 @@ def _csv(summary: Summary, path: Path) -> None:
                         len(row.failures) if row.status != "skipped" else 0, *stats,
                         row.vs_reference, "" if row.p_value is None else repr(row.p_value),
                         "; ".join(row.failures)])
+        return f.getvalue()
 
 
 def _markdown(summary: Summary, images: dict[str, bytes]) -> str:
@@ -427,20 +435,21 @@ def _html(summary: Summary, images: dict[str, bytes]) -> str:
 
 
 def render(directory: str | Path) -> Summary:
-    """Write summary.csv, plots/*.png, report.md and report.html from results.jsonl."""
+    """Write summary.csv, plots/*.png, report.md and report.html from results.jsonl (never
+    over files softmaxlab did not write: :mod:`.outputs`)."""
     directory = Path(directory)
+    outputs.check_overwrite(directory, OUTPUT_NAMES)
     summary = summarize(directory)
     images = plots(summary)
-    (directory / "plots").mkdir(exist_ok=True)
-    for name, png in images.items():
-        (directory / "plots" / f"{name}.png").write_bytes(png)
-    _csv(summary, directory / "summary.csv")
-    (directory / "report.md").write_text(_markdown(summary, images), encoding="utf-8")
-    (directory / "report.html").write_text(_html(summary, images), encoding="utf-8")
+    files = {f"plots/{name}.png": png for name, png in images.items()}
+    files["summary.csv"] = _csv(summary).encode()
+    files["report.md"] = _markdown(summary, images).encode()
+    files["report.html"] = _html(summary, images).encode()
+    outputs.write_outputs(directory, files)
     return summary
 
 
-def print_summary(directory: str | Path, total_wall: float | None = None) -> None:
+def print_summary(directory: str | Path, total_wall: float | None = None) -> Summary:
     """The summary table (Rich) and the timing, as in report.md; ``total_wall``: the whole
     compare command that just ran, report included."""
     from rich.console import Console
@@ -467,9 +476,12 @@ def print_summary(directory: str | Path, total_wall: float | None = None) -> Non
                       f"{total_wall - per_job:.1f} s ({(total_wall - per_job) / per_job:.0%} of "
                       "training per job).", highlight=False)
     console.print(f"Report: {Path(directory) / 'report.html'}", highlight=False)
+    return summary
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if not Path(args.dir).is_dir():
+        raise ValueError(f"{args.dir} is not a folder (give a compare run directory)")
     render(args.dir)
     print_summary(args.dir)
     return 0
