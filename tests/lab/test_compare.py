@@ -293,6 +293,21 @@ def test_force_deletes_only_what_compare_wrote_and_starts_fresh(tmp_path, capsys
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
+def test_an_edited_data_file_is_detected(tmp_path, capsys):
+    data = tmp_path / "data.csv"
+    rows = [f"{i % 7},{(i * 3) % 5},{i % 3}" for i in range(60)]
+    data.write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    args = ["compare", "--dataset", str(data), *TINY[2:], "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert main(args) == 0 and len(runs_of(tmp_path / "run")) == 1  # same data: resumed
+    rows[10] = "6,4,1"  # one value changed: same name, same split sizes
+    data.write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "another configuration (data_sha256: '" in err and "--force" in err
+
+
 def test_the_command_fails_when_every_run_failed(tmp_path, capsys, monkeypatch):
     softmax = lab_heads.get_head("softmax")
     nan_loss = lab_heads.Head("diverges", softmax.mapping,

@@ -88,7 +88,8 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = Run
         out = outputs.prepare(Path("runs") / f"compare-{dataset.name}")
     config = {"dataset": dataset.name, "source": dataset.meta.get("source"),
               "task": dataset.task, "limit": limit, "sizes": list(dataset.sizes()),
-              "n_classes": dataset.n_classes, **cfg.as_dict()}
+              "n_classes": dataset.n_classes, "data_sha256": dataset.content_sha256(),
+              **cfg.as_dict()}
     outputs.check_overwrite(out, OUTPUT_NAMES)
     if force:
         outputs.remove_outputs(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -62,6 +63,21 @@ class Dataset:
     def sizes(self) -> tuple[int, int, int]:
         """Rows (or tokens) in train, val and test."""
         return len(self.train), len(self.val), len(self.test)
+
+    def content_sha256(self) -> str:
+        """SHA-256 of what a model sees: each split's tensors (dtype, shape and bytes, in
+        order) and ``n_classes``. An edited data file, another split or another ``limit``
+        changes it; the same data read again gives the same digest."""
+        h = hashlib.sha256(f"{self.task}/{self.n_classes}".encode())
+        for split in (self.train, self.val, self.test):
+            for t in (split.x, split.y):
+                if t is None:
+                    h.update(b"none")
+                    continue
+                t = t.detach().cpu().contiguous()
+                h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
 
 
 Reader = Callable[..., Dataset]
