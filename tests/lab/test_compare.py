@@ -178,6 +178,50 @@ def test_kill_9_keeps_every_finished_run_and_the_rerun_completes_the_rest(tmp_pa
     assert after[:len(before)] == before
 
 
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_9_of_the_main_process_alone_leaves_no_worker_behind():
+    proc = subprocess.Popen([sys.executable, "-m", "softmaxlab", "compare", "--limit=300",
+                             "--epochs=500", "--mappings=softmax,sparsemax", "--seeds=2",
+                             "--jobs=2", "--out=/tmp/never-finishes-" + str(os.getpid())],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := [k for k in _children(proc.pid)
+                              if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "no workers started"
+            time.sleep(0.1)
+        time.sleep(1.0)  # the workers are past their initializer, training
+        os.kill(proc.pid, signal.SIGKILL)  # the main process only, not its group
+        proc.wait(10)
+        deadline = time.monotonic() + 15
+        while any(_alive(w) for w in workers):
+            assert time.monotonic() < deadline, f"workers {workers} outlived their parent"
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        shutil.rmtree(f"/tmp/never-finishes-{os.getpid()}", ignore_errors=True)
+
+
 def test_ctrl_c_stops_the_worker_processes_and_keeps_their_identical_results(tmp_path):
     proc, err = _interrupt(tmp_path, 2, signal.SIGINT)
     assert proc.returncode == 130 and "rerun the same command to resume" in err

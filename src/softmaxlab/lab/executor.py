@@ -7,8 +7,13 @@ dataset) and the tasks, and yields ``(task, result)`` pairs as the runs finish.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Protocol
@@ -33,8 +38,35 @@ class InProcess:
 _SHARED: Any = None
 
 
-def _init_worker(shared: Any) -> None:
+#: How often a worker checks that its parent is alive (the fallback of PR_SET_PDEATHSIG).
+WATCHDOG_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this process end when ``parent`` does, also after ``kill -9`` of the parent
+    (which runs no clean-up): on Linux the kernel sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``);
+    everywhere a daemon thread checks ``os.getppid()`` every :data:`WATCHDOG_S` seconds and
+    exits when the process was re-parented."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(WATCHDOG_S)
+        os._exit(1)
+
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _init_worker(shared: Any, parent: int) -> None:
     global _SHARED
+    die_with_parent(parent)
     _SHARED = shared
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
@@ -44,14 +76,15 @@ def _call(fn: Callable, task: Any) -> Any:
 
 
 class LocalProcesses:
-    """``jobs`` spawned worker processes (``concurrent.futures.ProcessPoolExecutor``)."""
+    """``jobs`` spawned worker processes (``concurrent.futures.ProcessPoolExecutor``); each
+    ends with this process, however this process ends (:func:`die_with_parent`)."""
 
     def __init__(self, jobs: int):
         self.jobs = jobs
 
     def map(self, fn, shared, tasks):
         pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(shared,))
+                                   initializer=_init_worker, initargs=(shared, os.getpid()))
         try:
             pending = {pool.submit(_call, fn, t): t for t in tasks}
             while pending:
