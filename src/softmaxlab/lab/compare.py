@@ -47,6 +47,21 @@ def _check_config(out: Path, config: dict) -> set[tuple[str, int | None]]:
     return done
 
 
+def _fit_heads(heads, n_classes: int, explicit: bool):
+    """``heads`` whose parameters suit ``n_classes`` (``k`` of ``sparse_softmax`` at most
+    the number of classes): others are an error when asked for by name, else left out."""
+    kept = []
+    for h in heads:
+        k = h.kwargs.get("k")
+        if k is not None and k > n_classes:
+            if explicit:
+                raise ValueError(f"--mappings {h.name}: k must be <= the number of classes "
+                                 f"({n_classes}), got k={k}")
+            continue
+        kept.append(h)
+    return tuple(kept)
+
+
 def _short(v) -> str:
     text = repr(v)
     return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
@@ -84,6 +99,7 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = Run
     cfg = RunConfig(model=check_model(model, dataset.task), epochs=epochs, lr=lr,
                     batch_size=batch_size, device=device)
     build_model(cfg.model, dataset, cosine=False)  # a model that does not fit fails here, once
+    heads = _fit_heads(heads, dataset.n_classes, explicit=mappings.strip() != "all")
     if out is None:
         out = outputs.prepare(Path("runs") / f"compare-{dataset.name}")
     config = {"dataset": dataset.name, "source": dataset.meta.get("source"),
@@ -180,7 +196,10 @@ def register(subparsers) -> None:
                    help="built-in dataset name or a data file (default %(default)s; "
                         "`softmaxlab data` lists them)")
     p.add_argument("--mappings", default="all",
-                   help="'all' or comma-separated names (default %(default)s)")
+                   help="'all' (every mapping and margin loss; entmax at alpha 1.25 and 1.75, "
+                        "sparse_softmax at k 2 and 5) or comma-separated names, each with "
+                        "its parameters if you like: entmax:alpha=1.3,sparse_softmax:k=5 "
+                        "(default %(default)s; `softmaxlab list` shows the parameters)")
     p.add_argument("--seeds", type=_int("--seeds"), default=3,
                    help="seeds 0..N-1 (default %(default)s)")
     p.add_argument("--epochs", type=_int("--epochs"), default=RunConfig.epochs,

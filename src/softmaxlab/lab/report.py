@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import outputs, results
-from .heads import heads
+from .heads import order_key
 from .train import TASK_METRICS
 
 __all__ = ["Summary", "summarize", "render", "print_summary", "cell", "register"]
@@ -139,9 +139,7 @@ def summarize(directory: str | Path) -> Summary:
     for row in rows.values():
         if row.status != "skipped" and row.failures:
             row.status = "partial" if row.seeds_ok else "failed"
-    order = {h.name: i for i, h in enumerate(heads())}
-    summary = Summary(config, metrics, sorted(rows.values(),
-                                              key=lambda r: order.get(r.mapping, len(order))),
+    summary = Summary(config, metrics, sorted(rows.values(), key=lambda r: order_key(r.mapping)),
                       [r for r in runs if r["kind"] == "run"],
                       [r for r in records if r["kind"] == "session"])
     _compare_to_reference(summary)

@@ -227,7 +227,10 @@ def fit_temperature(model, head: Head, inputs, targets, device: torch.device,
             break
     model.train()
     logits, y = torch.cat(outs)[:cap], torch.cat(ys)[:cap]
-    return cal.fit_temperature(logits, y, mapping=head.mapping)
+    params = head.kwargs
+    if "temperature" in params:  # softmax:temperature=T0 predicts softmax(z / (t * T0))
+        logits = logits / params.pop("temperature")
+    return cal.fit_temperature(logits, y, mapping=head.mapping, **params)
 
 
 # --------------------------------------------------------------------------- one run
