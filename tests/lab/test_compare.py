@@ -235,6 +235,34 @@ def test_ctrl_c_stops_the_worker_processes_and_keeps_their_identical_results(tmp
         assert numbers(mine) == numbers(r) and mine["curve"] == r["curve"]
 
 
+ORDER_SCRIPT = """
+import json, sys
+from softmaxlab.lab import results
+from softmaxlab.lab.compare import compare
+compare("digits", mappings=sys.argv[1], seeds=1, epochs=5, limit=300, out=sys.argv[2],
+        jobs=1, progress=False, shuffle=False)
+print(json.dumps({r["mapping"]: r["metrics"] for r in results.read(sys.argv[2])
+                  if r["kind"] == "run"}))
+"""
+
+
+def test_swapping_the_mapping_order_changes_no_cost_column_beyond_noise(tmp_path):
+    """Each order in a fresh process, mapping by mapping as given: the first run of a
+    process used to pay the process's one-time costs (5-30x its s/epoch, 100+ MB)."""
+    order = ["softmax", "sparsemax", "entmax15"]
+    costs = []
+    for i, names in enumerate((order, order[::-1])):
+        p = subprocess.run([sys.executable, "-c", ORDER_SCRIPT, ",".join(names),
+                            str(tmp_path / str(i))], capture_output=True, text=True, check=True)
+        costs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    for name in order:
+        a, b = costs[0][name], costs[1][name]
+        assert a["peak_memory_mb"] == b["peak_memory_mb"] > 0  # deterministic
+        for metric in ("train_time_per_epoch", "inference_time_per_example"):
+            ratio = a[metric] / b[metric]
+            assert 1 / 3 < ratio < 3, (name, metric, a[metric], b[metric])
+
+
 def test_a_diverging_mapping_is_recorded_as_failed_and_the_others_go_on(tmp_path, monkeypatch):
     softmax = lab_heads.get_head("softmax")
     nan_loss = lab_heads.Head("diverges", softmax.mapping,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -71,14 +72,16 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = Run
             model: str | None = None, jobs: int = 1, out: str | Path | None = None,
             limit: int | None = None, lr: float = RunConfig.lr,
             batch_size: int = RunConfig.batch_size, device: str = RunConfig.device,
-            label: str | None = None, progress: bool = True, force: bool = False) -> Path:
+            label: str | None = None, progress: bool = True, force: bool = False,
+            shuffle: bool = True) -> Path:
     """Run every missing ``(mapping, seed)`` of the comparison and render the report.
 
     ``dataset`` is a name or path for ``softmaxlab.lab.datasets.load`` (split seed 0) or a
     loaded ``Dataset``. Every option is checked before any training (``ValueError`` naming
     the flag and the value); ``out`` must not hold files softmaxlab did not write there
     (:mod:`.outputs`); ``force`` deletes the results already in ``out`` and starts fresh.
-    Returns the run directory.
+    The runs go in a seeded random order (``shuffle=False``: mapping by mapping, as given),
+    so that no mapping is always first in a worker. Returns the run directory.
     """
     from .report import OUTPUT_NAMES, render  # Matplotlib: the lab extra
 
@@ -119,6 +122,8 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = Run
                                  "reason": h.skip, "config": config})
     tasks = [(h.name, s) for h in heads if not h.skip for s in range(seeds)
              if (h.name, s) not in done]
+    if shuffle:
+        random.Random(0).shuffle(tasks)
     jobs = max(1, min(jobs, len(tasks)))
     train_time = 0.0
     with _progress(progress, len(tasks)) as advance:

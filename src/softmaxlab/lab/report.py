@@ -228,8 +228,10 @@ def _notes(summary: Summary) -> list[str]:
         "(\"within noise\" otherwise; n/a with fewer than 2 seeds).",
         "n/a for NLL, perplexity, ECE after TS and T: the mapping has no log form (sparse "
         "maps, one-vs-all sigmoids), so the likelihood and temperature scaling are undefined.",
-        "support: mean number of non-zero probabilities. peak MB: growth of the process's "
-        "peak resident memory during the run (CUDA: allocator peak); indicative only.",
+        "support: mean number of non-zero probabilities. Costs: train s/epoch is the median "
+        "over epochs of the time in training steps, after an untimed warm-up step per run; "
+        "peak MB is the memory of one training step (parameters plus the peak of the tensors "
+        "it allocates: activations, gradients, Adam state), the same in any run order.",
     ]
 
 
