@@ -37,6 +37,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has
     pytest.param(["--device", "cuda"], ["--device", "'cuda'", "CUDA is not available"],
                  marks=NO_CUDA),
     (["--device", "banana"], ["--device", "'banana'", "not a torch device"]),
+    (["--goal", "fame"], ["--goal", "fame", "accuracy"]),
 ], ids=lambda v: "_".join(v) if isinstance(v, list) and v[0].startswith("--") else None)
 def test_every_compare_flag_is_checked_before_any_work(tmp_path, capsys, args, words):
     out = tmp_path / "out"
@@ -83,6 +84,7 @@ def _data_file(tmp_path):
     ["report", "{tmp}/nothing-here"],
     ["report", "{tmp}/data.xyz"],
     ["report", "{tmp}"],
+    ["report", "{tmp}", "--goal", "fame"],
     ["bench", "--suite", "nope"],
     ["bench", "--repeat", "0"],
     ["bench", "--quick", "--out", "{tmp}"],

@@ -73,7 +73,7 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = Run
             limit: int | None = None, lr: float = RunConfig.lr,
             batch_size: int = RunConfig.batch_size, device: str = RunConfig.device,
             label: str | None = None, progress: bool = True, force: bool = False,
-            shuffle: bool = True) -> Path:
+            shuffle: bool = True, goal: str = "accuracy") -> Path:
     """Run every missing ``(mapping, seed)`` of the comparison and render the report.
 
     ``dataset`` is a name or path for ``softmaxlab.lab.datasets.load`` (split seed 0) or a
@@ -81,7 +81,9 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = Run
     the flag and the value); ``out`` must not hold files softmaxlab did not write there
     (:mod:`.outputs`); ``force`` deletes the results already in ``out`` and starts fresh.
     The runs go in a seeded random order (``shuffle=False``: mapping by mapping, as given),
-    so that no mapping is always first in a worker. Returns the run directory.
+    so that no mapping is always first in a worker. ``goal`` (accuracy, calibration,
+    sparsity, speed) is what the report's recommendation optimises. Returns the run
+    directory.
     """
     from .report import OUTPUT_NAMES, render  # Matplotlib: the lab extra
 
@@ -95,6 +97,7 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = Run
     if limit is not None:
         limit = options.check_positive_int("--limit", limit)
     options.check_device(device)
+    options.check_goal(goal)
     if out is not None:
         out = outputs.prepare(out)
     if isinstance(dataset, (str, Path)):
@@ -132,8 +135,9 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = Run
             train_time += record["metrics"]["train_time"] if record["status"] == "ok" else 0.0
             advance(record)
     results.append(out, {"kind": "session", "runs": len(tasks), "jobs": jobs,
-                         "wall_time": time.perf_counter() - start, "train_time": train_time})
-    render(out)
+                         "wall_time": time.perf_counter() - start, "train_time": train_time,
+                         "goal": goal})
+    render(out, goal)
     return out
 
 
@@ -174,12 +178,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out = compare(args.dataset, mappings=args.mappings, seeds=args.seeds,
                       epochs=args.epochs, model=args.model, jobs=args.jobs, out=args.out,
                       limit=args.limit, lr=args.lr, batch_size=args.batch_size,
-                      device=args.device, label=args.label, force=args.force)
+                      device=args.device, label=args.label, force=args.force,
+                      goal=args.goal)
     except KeyboardInterrupt:
         print("\ninterrupted: every finished run is kept; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    summary = print_summary(out, total_wall=time.perf_counter() - t0)
+    summary = print_summary(out, total_wall=time.perf_counter() - t0, goal=args.goal)
     if not any(row.seeds_ok for row in summary.rows):
         print("softmaxlab: error: every run failed (reasons above and in the report)",
               file=sys.stderr)
@@ -205,6 +210,11 @@ def register(subparsers) -> None:
                         "sparse_softmax at k 2 and 5) or comma-separated names, each with "
                         "its parameters if you like: entmax:alpha=1.3,sparse_softmax:k=5 "
                         "(default %(default)s; `softmaxlab list` shows the parameters)")
+    p.add_argument("--goal", choices=options.GOALS, default="accuracy",
+                   help="what the recommendation optimises: accuracy (the task's quality "
+                        "metric), calibration (ECE), sparsity (support; among mappings not "
+                        "detectably less accurate than softmax) or speed (train s/epoch) "
+                        "(default %(default)s)")
     p.add_argument("--seeds", type=_int("--seeds"), default=3,
                    help="seeds 0..N-1 (default %(default)s)")
     p.add_argument("--epochs", type=_int("--epochs"), default=RunConfig.epochs,
