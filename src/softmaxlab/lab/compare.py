@@ -9,7 +9,6 @@ finished run, and rerunning the same command resumes where it stopped. ``report.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import sys
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import datasets, options, outputs, results
-from .executor import executor
+from .executor import emit, executor
 from .heads import parse_heads
 from .models import build_model, check_model
 from .train import RunConfig, run
@@ -28,7 +27,7 @@ __all__ = ["compare", "register"]
 def _run_task(shared, task):
     dataset, cfg = shared
     head, seed = task
-    return run(dataset, head, seed, cfg)
+    return run(dataset, head, seed, cfg, on_epoch=lambda epoch: emit((head, seed, epoch)))
 
 
 def _check_config(out: Path, config: dict) -> set[tuple[str, int | None]]:
@@ -129,11 +128,12 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = Run
         random.Random(0).shuffle(tasks)
     jobs = max(1, min(jobs, len(tasks)))
     train_time = 0.0
-    with _progress(progress, len(tasks)) as advance:
-        for _, record in executor(jobs).map(_run_task, (dataset, cfg), tasks):
+    with Progress(tasks, epochs, jobs, progress) as bar:
+        for _, record in executor(jobs).map(_run_task, (dataset, cfg), tasks,
+                                            on_event=bar.epoch if progress else None):
             results.append(out, {"kind": "run", **record, "config": config})
             train_time += record["metrics"]["train_time"] if record["status"] == "ok" else 0.0
-            advance(record)
+            bar.finished(record)
     results.append(out, {"kind": "session", "runs": len(tasks), "jobs": jobs,
                          "wall_time": time.perf_counter() - start, "train_time": train_time,
                          "goal": goal})
@@ -141,33 +141,125 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = Run
     return out
 
 
-@contextlib.contextmanager
-def _progress(show: bool, total: int):
-    """A Rich progress bar over the runs (when ``show``); yields ``advance(record)``."""
-    if not (show and total):
-        yield lambda record: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+class Progress:
+    """Progress of a compare, epoch by epoch: a Rich bar on a terminal (elapsed, estimated
+    time left), plain lines otherwise (every ``every`` seconds). The estimate for the whole
+    compare is printed once the first epochs have run (their rate, over every epoch left)."""
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True)) as bar:
-        task = bar.add_task("training", total=total)
+    def __init__(self, tasks: list, epochs: int, jobs: int, show: bool, every: float = 10.0,
+                 stream=None):
+        self.epochs, self.jobs, self.show, self.every = epochs, jobs, show, every
+        self.total = len(tasks) * epochs
+        self.done: dict = {tuple(t): 0 for t in tasks}
+        self.runs_done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.start = time.perf_counter()
+        self.last_line = self.start
+        self.estimated = False
+        self.first: tuple[float, int] | None = None  # (time, epochs done) at the first epoch
+        self.bar = None
+        self.task_id = None
 
-        def advance(record: dict) -> None:
-            status = "" if record["status"] == "ok" else f" ({record['status']})"
-            bar.update(task, advance=1,
-                       description=f"{record['mapping']} seed {record['seed']}{status}")
+    # -- the numbers
+    @property
+    def epochs_done(self) -> int:
+        return sum(self.done.values())
 
-        yield advance
+    def eta(self) -> float | None:
+        """Seconds left at the rate of the epochs since the first one ended (start-up and
+        each run's warm-up excluded); None until ``2 * jobs`` more epochs have run."""
+        done, now = self.epochs_done, time.perf_counter()
+        if self.first is None:
+            if done:
+                self.first = (now, done)
+            return None
+        t0, n0 = self.first
+        if done - n0 < 2 * self.jobs or now <= t0:
+            return None
+        return (self.total - done) * (now - t0) / (done - n0)
+
+    # -- events
+    def __enter__(self) -> Progress:
+        if not (self.show and self.total):
+            return self
+        print(f"training {len(self.done)} runs x {self.epochs} epochs on {self.jobs} job(s); "
+              "an estimate follows the first epochs", file=self.stream, flush=True)
+        if self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as Bar
+
+            self.bar = Bar(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                           TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                           console=Console(file=self.stream))
+            self.bar.__enter__()
+            self.task_id = self.bar.add_task(self._description(), total=self.total)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def epoch(self, event) -> None:
+        """``event = (mapping, seed, epoch)`` from inside a run."""
+        key, epoch = (event[0], event[1]), event[2]
+        if key in self.done:
+            self.done[key] = max(self.done[key], epoch)
+        self._update()
+
+    def finished(self, record: dict) -> None:
+        self.done[(record["mapping"], record["seed"])] = self.epochs
+        self.runs_done += 1
+        self._update(record)
+
+    def _description(self, record: dict | None = None) -> str:
+        text = f"{self.runs_done}/{len(self.done)} runs"
+        if record is not None:
+            status = "" if record["status"] == "ok" else f" {record['status']}"
+            text += f" (last: {record['mapping']} seed {record['seed']}{status})"
+        return text
+
+    def _update(self, record: dict | None = None) -> None:
+        if not (self.show and self.total):
+            return
+        now = time.perf_counter()
+        eta = self.eta()
+        if eta is not None and not self.estimated:
+            self.estimated = True
+            self._print(f"estimate: about {_duration(now - self.start + eta)} for the whole "
+                        f"compare, {_duration(eta)} left (from the rate of the first "
+                        f"{self.epochs_done} epochs)")
+        if self.bar is not None:
+            self.bar.update(self.task_id, completed=self.epochs_done,
+                            description=self._description(record))
+        elif now - self.last_line >= self.every or self.runs_done == len(self.done):
+            self.last_line = now
+            left = f", about {_duration(eta)} left" if eta is not None else ""
+            self._print(f"{self.epochs_done / self.total:4.0%}  {self._description(record)}, "
+                        f"{_duration(now - self.start)} elapsed{left}")
+
+    def _print(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(line, highlight=False, markup=False)
+        else:
+            print(line, file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
