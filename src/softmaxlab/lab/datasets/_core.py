@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,20 @@ TEXT_VAL_FRACTION = TEXT_TEST_FRACTION = 0.05
 #: Default vocabulary cap (including ``<unk>`` and ``<eos>``) for word-level corpora.
 VOCAB_SIZE = 10_000
 UNK, EOS = "<unk>", "<eos>"
+
+
+def install_command(command: str) -> str:
+    """``command`` as it must be typed for this environment: a ``pip install`` goes to the
+    Python running softmaxlab (``.venv/bin/python -m pip install ...``), not whichever
+    ``pip`` comes first on the PATH; other commands (``apt-get``) stay as they are."""
+    if not command.startswith("pip "):
+        return command
+    python = Path(sys.executable)
+    try:
+        shown = str(python.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(python)
+    return f"{shown} -m {command}"
 
 
 class DatasetUnavailable(ValueError):
@@ -110,7 +125,8 @@ class DatasetSpec:
         path = Path(root) if root is not None else self.locate()
         if path is None:
             raise DatasetUnavailable(
-                f"dataset {self.name!r} is not installed here; install it with: {self.install}")
+                f"dataset {self.name!r} is not installed here; install it with: "
+                f"{install_command(self.install)}")
         if not path.exists():
             raise ValueError(f"dataset {self.name!r}: {path} does not exist")
         return self.read(path, seed=seed, limit=limit)
