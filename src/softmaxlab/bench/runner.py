@@ -280,9 +280,13 @@ def run(suites: Sequence[str] | str = "all", *, quick: bool = False,
             if log:
                 log(f"copy bandwidth ({d}): {copy[d]['gbps']:.1f} GB/s")
         rows: list[Row] = []
-        for case in all_cases:
-            rows += measure_case(case, modes, settings, copy_gbps=copy[case.device]["gbps"],
-                                 log=log)
+        interrupted = False
+        try:
+            for case in all_cases:
+                rows += measure_case(case, modes, settings,
+                                     copy_gbps=copy[case.device]["gbps"], log=log)
+        except KeyboardInterrupt:  # keep what was measured: the caller saves it
+            interrupted = True
     return {
         "schema": SCHEMA,
         "tool": "softmaxlab bench",
@@ -302,6 +306,7 @@ def run(suites: Sequence[str] | str = "all", *, quick: bool = False,
         "definitions": DEFINITIONS,
         "cases": [c.describe() for c in all_cases],
         "rows": [r.as_dict() for r in rows],
+        **({"interrupted": True} if interrupted else {}),
     }
 
 
