@@ -102,8 +102,9 @@ def test_report_rerenders_from_results_jsonl_alone(small_run, tmp_path, capsys):
     copy.mkdir()
     shutil.copy(small_run / results.RESULTS, copy)
     assert main(["report", str(copy)]) == 0
-    for name in ("summary.csv", "report.md"):
-        assert (copy / name).read_text() == (small_run / name).read_text()
+    for name in ("summary.csv", "report.md"):  # the same, but for the folder the next step names
+        ours = (copy / name).read_text().replace(str(copy), "RUN")
+        assert ours == (small_run / name).read_text().replace(str(small_run), "RUN")
     assert (copy / "report.html").exists()
     assert len(list((copy / "plots").glob("*.png"))) == len(PLOT_NAMES)
     out = capsys.readouterr().out

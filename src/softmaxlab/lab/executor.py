@@ -130,6 +130,10 @@ class LocalProcesses:
                 drain()
                 for future in done:
                     yield pending.pop(future), future.result()
+            # a worker's queue writes go through a feeder thread and may trail its last
+            # result: the workers flush them as they exit
+            pool.shutdown(wait=True)
+            drain()
         except BaseException:  # Ctrl-C, or the caller stopped early: stop the runs now
             for process in list(pool._processes.values()):  # no public API before 3.14
                 process.terminate()
