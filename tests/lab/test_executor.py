@@ -32,7 +32,7 @@ def test_emit_without_a_listener_is_a_no_op():
 def test_progress_counts_epochs_and_estimates_the_rest(monkeypatch):
     clock = iter(range(100))
     monkeypatch.setattr("softmaxlab.lab.compare.time.perf_counter", lambda: float(next(clock)))
-    p = Progress([("a", 0), ("b", 0)], epochs=10, jobs=1, show=False)
+    p = Progress([("a", 0), ("b", 0)], epochs=10, jobs=1, show=False, window=1.0)
     assert p.eta() is None
     p.epoch(("a", 0, 1))
     assert p.eta() is None  # the first epoch only starts the clock (start-up excluded)
@@ -46,9 +46,9 @@ def test_progress_counts_epochs_and_estimates_the_rest(monkeypatch):
 
 
 def test_compare_reports_progress_inside_runs(tmp_path, capsys):
-    assert main(["compare", "--limit", "100", "--epochs", "12", "--mappings", "softmax",
+    assert main(["compare", "--limit", "300", "--epochs", "30", "--mappings", "softmax",
                  "--seeds", "1", "--jobs", "1", "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
-    assert "training 1 runs x 12 epochs on 1 job(s)" in err
+    assert "training 1 runs x 30 epochs on 1 job(s)" in err
     assert "estimate: about " in err and " left (from the rate of the first " in err
     assert "100%  1/1 runs" in err

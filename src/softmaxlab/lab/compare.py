@@ -67,7 +67,7 @@ def _short(v) -> str:
     return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
 
 
-def compare(dataset, *, mappings: str = "all", seeds: int = 3, epochs: int = RunConfig.epochs,
+def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = RunConfig.epochs,
             model: str | None = None, jobs: int = 1, out: str | Path | None = None,
             limit: int | None = None, lr: float = RunConfig.lr,
             batch_size: int = RunConfig.batch_size, device: str = RunConfig.device,
@@ -147,7 +147,8 @@ class Progress:
     compare is printed once the first epochs have run (their rate, over every epoch left)."""
 
     def __init__(self, tasks: list, epochs: int, jobs: int, show: bool, every: float = 10.0,
-                 stream=None):
+                 stream=None, window: float = 3.0):
+        self.window = window
         self.epochs, self.jobs, self.show, self.every = epochs, jobs, show, every
         self.total = len(tasks) * epochs
         self.done: dict = {tuple(t): 0 for t in tasks}
@@ -167,14 +168,16 @@ class Progress:
 
     def eta(self) -> float | None:
         """Seconds left at the rate of the epochs since the first one ended (start-up and
-        each run's warm-up excluded); None until ``2 * jobs`` more epochs have run."""
+        each run's warm-up excluded); None until ``2 * jobs`` more epochs have run and
+        ``window`` seconds have passed or a tenth of the epochs is done (the workers' events
+        arrive in bursts)."""
         done, now = self.epochs_done, time.perf_counter()
         if self.first is None:
             if done:
                 self.first = (now, done)
             return None
         t0, n0 = self.first
-        if done - n0 < 2 * self.jobs or now <= t0:
+        if done - n0 < 2 * self.jobs or (now - t0 < self.window and done - n0 < 0.1 * self.total):
             return None
         return (self.total - done) * (now - t0) / (done - n0)
 
@@ -307,8 +310,9 @@ def register(subparsers) -> None:
                         "metric), calibration (ECE), sparsity (support; among mappings not "
                         "detectably less accurate than softmax) or speed (train s/epoch) "
                         "(default %(default)s)")
-    p.add_argument("--seeds", type=_int("--seeds"), default=3,
-                   help="seeds 0..N-1 (default %(default)s)")
+    p.add_argument("--seeds", type=_int("--seeds"), default=5,
+                   help="seeds 0..N-1 (default %(default)s: the fewest the recommendation "
+                        "calls more than weak evidence; rerunning with more adds seeds)")
     p.add_argument("--epochs", type=_int("--epochs"), default=RunConfig.epochs,
                    help="default %(default)s")
     p.add_argument("--model", default=None,

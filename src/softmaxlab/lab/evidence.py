@@ -142,6 +142,8 @@ class Recommendation:
     quality: dict[str, Paired] = field(default_factory=dict)  # on the task's first metric
     eligible: list[str] = field(default_factory=list)  # best first
     excluded: dict[str, str] = field(default_factory=dict)  # mapping -> why
+    #: The closest rivals of the choice, worth more seeds (best first).
+    contenders: list[str] = field(default_factory=list)
 
 
 def _fmt(v: float) -> str:
@@ -159,8 +161,8 @@ def describe(c: Paired, scale: float = 1.0) -> str:
     if c.exact:
         return f"{_signed(c.diff * scale)} in every one of the {c.n} seeds"
     lo, hi = c.ci
-    return (f"{_signed(c.diff * scale)} (95% CI {_signed(lo * scale)} to {_signed(hi * scale)}; "
-            f"Holm p = {c.p_holm:.2g}; d = {c.d:.2g}; {c.n} seeds)")
+    return (f"{_signed(c.diff * scale)} (95% CI {_signed(lo * scale)} to {_signed(hi * scale)}, "
+            f"uncorrected; Holm p = {c.p_holm:.2g}; d = {c.d:.2g}; {c.n} seeds)")
 
 
 def strength(c: Paired) -> str:
@@ -173,15 +175,30 @@ def strength(c: Paired) -> str:
     return "strong" if c.p_holm < 0.01 else "moderate"
 
 
+def _cheaper_peers(choice: str, candidates: list[str], values: dict, metric: str,
+                   higher: bool, train_time: dict[str, float]) -> list[str]:
+    """Those of ``candidates`` that train faster than ``choice`` and are not detectably
+    worse than it (paired, Holm-corrected), fastest first."""
+    mine = train_time.get(choice)
+    if not mine:
+        return []
+    against = compare_to(choice, {m: values[m] for m in [choice, *candidates]}, metric, higher)
+    peers = [m for m, c in against.items() if c.verdict != "worse" and c.p is not None
+             and train_time.get(m, math.inf) < mine]
+    return sorted(peers, key=lambda m: train_time[m])
+
+
 def recommend(goal: str, metric: str, higher: bool, primary: str, primary_higher: bool,
               values: dict[str, dict[str, dict[int, float]]], order: list[str],
               incomplete: dict[str, str], label: dict[str, str],
-              reference: str = "softmax") -> Recommendation:
+              reference: str = "softmax",
+              train_time: dict[str, float] | None = None) -> Recommendation:
     """The recommendation for ``goal``.
 
     ``values[metric][mapping][seed]``; ``order``: the mappings that finished every seed (in
     report order); ``incomplete``: the others, with why; ``label``: display names of the
-    metrics.
+    metrics; ``train_time``: each mapping's median training seconds per epoch (to name the
+    cheaper mappings that are not detectably worse than the choice).
     """
     name = label[metric]
     candidates = [m for m in order if values.get(metric, {}).get(m)]
@@ -222,12 +239,35 @@ def recommend(goal: str, metric: str, higher: bool, primary: str, primary_higher
         if others:
             rec.evidence.append("Also detectably better than " + ref + ": "
                                 + ", ".join(others) + ".")
+        times = train_time or {}
+        cheaper = _cheaper_peers(best, others, values[metric], metric, higher, times)
+        if cheaper and times.get(ref):
+            base = times[ref]
+            rec.evidence.append(
+                f"Also better than {ref}, not detectably worse than {best}, and cheaper to "
+                "train: " + ", ".join(f"{m} ({times[m] / base:.2f}x {ref}'s train time)"
+                                      for m in cheaper)
+                + f"; {best} takes {times[best] / base:.2f}x.")
+            rec.contenders = cheaper[:2]
     else:
         rec.choice = ref
         rec.strength = "none"
+        hints = [m for m in ranked if m != ref and comps[m].ci is not None and not comps[m].exact
+                 and comps[m].verdict == "within noise"
+                 and (comps[m].ci[0] > 0 if higher else comps[m].ci[1] < 0)]
         if best == ref:
             rec.headline = (f"Stay with {ref} for {goal}: it has the best mean {name} "
                             f"({_fmt(ref_mean)}) of the {len(eligible)} mappings compared.")
+        elif hints:
+            lead = hints[0]
+            rec.headline = (f"Keep {ref} for {goal} until more seeds decide: after correcting "
+                            f"for {len(comps)} comparisons no mapping beats it beyond seed "
+                            f"noise, but {lead} looks better ({name} {_fmt(mean(lead))} "
+                            f"against {_fmt(ref_mean)}, {describe(comps[lead])}).")
+            rec.evidence.append(
+                f"The uncorrected 95% interval excludes 0 for {', '.join(hints)}: with "
+                f"{len(comps)} mappings compared, some such intervals are expected by chance, "
+                "so these are leads to test, not findings.")
         else:
             rec.headline = (f"Stay with {ref} for {goal}: no mapping beats it on {name} "
                             f"beyond seed noise. The best mean, {best} ({_fmt(mean(best))} "
@@ -235,6 +275,11 @@ def recommend(goal: str, metric: str, higher: bool, primary: str, primary_higher
         worse = [m for m in ranked if m != ref and comps[m].verdict == "worse"]
         if worse:
             rec.evidence.append(f"Detectably worse than {ref} on {name}: {', '.join(worse)}.")
+        if hints:
+            rec.contenders = hints[:2]
+    if not rec.contenders:
+        rec.contenders = [m for m in ranked if m != rec.choice
+                          and (comps.get(m) is None or comps[m].verdict != "worse")][:2]
     if metric != primary and rec.choice != ref and rec.choice in quality:
         rec.evidence.append(f"Its {label[primary]} against {ref}: "
                             f"{describe(quality[rec.choice])}.")
@@ -250,8 +295,7 @@ def recommend(goal: str, metric: str, higher: bool, primary: str, primary_higher
     elif n < MIN_SEEDS:
         rec.evidence.append(
             f"Strength: weak. {n} seed{'s' if n != 1 else ''} per mapping can only reveal "
-            "large differences, and \"within noise\" is not evidence of equality; rerun with "
-            "--seeds 10 for a firmer answer (the finished seeds are kept).")
+            "large differences, and \"within noise\" is not evidence of equality.")
     elif rec.strength == "none":
         rec.evidence.append(f"Strength: no detectable difference with {n} seeds; smaller "
                             "differences than the intervals above cannot be told from noise.")

@@ -130,6 +130,8 @@ class LocalProcesses:
                 drain()
                 for future in done:
                     yield pending.pop(future), future.result()
+            pool.shutdown(wait=True)  # the workers have exited: their events are all sent
+            drain()
         except BaseException:  # Ctrl-C, or the caller stopped early: stop the runs now
             for process in list(pool._processes.values()):  # no public API before 3.14
                 process.terminate()

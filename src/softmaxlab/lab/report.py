@@ -111,6 +111,7 @@ class Summary:
     runs: list[dict]
     sessions: list[dict]
     goal: str = "accuracy"
+    directory: str = ""
     best: dict[str, str] = field(default_factory=dict)  # metric -> mapping
     recommendation: evidence.Recommendation | None = None
 
@@ -173,7 +174,7 @@ def summarize(directory: str | Path, goal: str | None = None) -> Summary:
         if row.status != "skipped" and row.failures:
             row.status = "partial" if row.seeds_ok else "failed"
     summary = Summary(config, metrics, sorted(rows.values(), key=lambda r: order_key(r.mapping)),
-                      [r for r in runs if r["kind"] == "run"], sessions, goal)
+                      [r for r in runs if r["kind"] == "run"], sessions, goal, str(directory))
     for m in metrics:
         higher = METRICS[m][1]
         scored = [(row.center(m), row.mapping) for row in summary.rows
@@ -194,9 +195,11 @@ def _decide(summary: Summary) -> None:
                   if r.mapping in complete and m in r.by_seed} for m in summary.metrics}
     metric = evidence.goal_metric(summary.goal, summary.primary)
     labels = {m: METRICS[m][0] for m in METRICS}
+    train_time = {r.mapping: r.center("train_time_per_epoch") for r in summary.rows
+                  if r.mapping in complete and r.center("train_time_per_epoch")}
     rec = evidence.recommend(summary.goal, metric, bool(METRICS[metric][1]), summary.primary,
                              bool(METRICS[summary.primary][1]), values, complete, incomplete,
-                             labels, REFERENCE)
+                             labels, REFERENCE, train_time)
     summary.recommendation = rec
     for row in summary.rows:
         if row.mapping == rec.reference:
@@ -242,7 +245,8 @@ def cost_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     ref = summary.row(rec.reference)
     label = METRICS[rec.metric][0]
     scale = METRICS[rec.metric][2]
-    header = ["mapping", label, f"difference vs {rec.reference} (95% CI)", "Holm p", "verdict"]
+    header = ["mapping", label, f"difference vs {rec.reference} (95% CI, uncorrected)",
+              "Holm p", "verdict"]
     primary = summary.primary != rec.metric
     if primary:
         header.append(f"{METRICS[summary.primary][0]} vs {rec.reference}")
@@ -618,9 +622,47 @@ def _csv(summary: Summary) -> str:
         return f.getvalue()
 
 
+def next_step(summary: Summary) -> list[str] | None:
+    """The command that would firm up a weak answer: the choice, softmax and the closest
+    contenders with more seeds, in the same run directory (finished runs are kept), as
+    words; ``None`` when the evidence is not weak."""
+    from .datasets import datasets
+    from .models import check_model
+    from .train import RunConfig
+
+    rec = summary.recommendation
+    if rec is None or rec.choice is None or rec.strength in ("strong", "exact"):
+        return None
+    seeds = max(len(summary.row(m).seeds_ok) for m in rec.eligible)
+    if seeds >= 10:
+        return None
+    c = summary.config
+    names = list(dict.fromkeys([rec.reference, rec.choice, *rec.contenders]))
+    builtin = {d.name for d in datasets()}
+    dataset = c["dataset"] if c["dataset"] in builtin else (c.get("source") or c["dataset"])
+    words = ["softmaxlab", "compare", "--dataset", str(dataset), "--mappings", ",".join(names),
+             "--seeds", "10"]
+    if summary.goal != "accuracy":
+        words += ["--goal", summary.goal]
+    defaults = RunConfig(model=check_model(None, c["task"]))
+    for key, flag in (("model", "--model"), ("epochs", "--epochs"), ("lr", "--lr"),
+                      ("batch_size", "--batch-size"), ("device", "--device")):
+        if c.get(key) != getattr(defaults, key):
+            words += [flag, str(c[key])]
+    if c.get("limit"):
+        words += ["--limit", str(c["limit"])]
+    return [*words, "--out", summary.directory]
+
+
 def _recommendation_lines(summary: Summary) -> tuple[str, list[str]]:
     rec = summary.recommendation
-    return rec.headline, rec.evidence
+    lines = list(rec.evidence)
+    step = next_step(summary)
+    if step:
+        lines.append("Next step, for a firmer answer: more seeds for the closest contenders, "
+                     "in this run directory (the finished runs are kept): "
+                     + " ".join(step))
+    return rec.headline, lines
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -740,9 +782,14 @@ def terminal_lines(summary: Summary, total_wall: float | None = None,
     out = [_clip(f"softmaxlab compare: {summary.config['dataset']} ({summary.config['task']},"
                  f" model {summary.config['model']}, {summary.config['epochs']} epochs)", WIDTH),
            "", f"Recommendation (goal: {summary.goal})"]
+    bullet = textwrap.TextWrapper(width=WIDTH, initial_indent="  - ", subsequent_indent="    ")
     out += wrap.wrap("  " + rec.headline)
     for line in rec.evidence:
-        out += wrap.wrap("  - " + line)
+        out += bullet.wrap(line)
+    step = next_step(summary)
+    if step:
+        out += bullet.wrap("Next step, for a firmer answer (the finished runs are kept):")
+        out += _command_lines(step, indent="      ")
     out.append("")
     metric = rec.metric if rec.reference else summary.primary
     label, _, scale = METRICS[metric]
@@ -777,7 +824,20 @@ def terminal_lines(summary: Summary, total_wall: float | None = None,
         out.append(line + ".")
     if directory is not None:
         out.append(f"Report: {Path(directory) / 'report.html'}")
-    return [_clip(line, WIDTH) if not line.startswith("Report: ") else line for line in out]
+    return [_clip(line, WIDTH) if not line.startswith(("Report: ", "      ")) else line
+            for line in out]
+
+
+def _command_lines(words: list[str], indent: str) -> list[str]:
+    """``words`` as a shell command over lines of at most :data:`WIDTH` characters, each
+    continued with a backslash (a word longer than a line stays whole)."""
+    lines, line = [], indent
+    for w in words:
+        if line.strip() and len(line) + len(w) + 3 > WIDTH:
+            lines.append(line + " \\")
+            line = indent + "  "
+        line += ("" if not line.strip() else " ") + w
+    return [*lines, line]
 
 
 def print_summary(directory: str | Path, total_wall: float | None = None,
