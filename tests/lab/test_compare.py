@@ -102,9 +102,10 @@ def test_report_rerenders_from_results_jsonl_alone(small_run, tmp_path, capsys):
     copy.mkdir()
     shutil.copy(small_run / results.RESULTS, copy)
     assert main(["report", str(copy)]) == 0
-    for name in ("summary.csv", "report.md"):  # the same, but for the folder the next step names
-        ours = (copy / name).read_text().replace(str(copy), "RUN")
-        assert ours == (small_run / name).read_text().replace(str(small_run), "RUN")
+    assert (copy / "summary.csv").read_text() == (small_run / "summary.csv").read_text()
+    # the same report, but for the run directory named in its next-step command
+    assert (copy / "report.md").read_text().replace(str(copy), str(small_run)) == (
+        small_run / "report.md").read_text()
     assert (copy / "report.html").exists()
     assert len(list((copy / "plots").glob("*.png"))) == len(PLOT_NAMES)
     out = capsys.readouterr().out
@@ -262,9 +263,14 @@ def test_swapping_the_mapping_order_changes_no_cost_column_beyond_noise(tmp_path
     for name in order:
         a, b = costs[0][name], costs[1][name]
         assert a["peak_memory_mb"] == b["peak_memory_mb"] > 0  # deterministic
-        for metric in ("train_time_per_epoch", "inference_time_per_example"):
-            ratio = a[metric] / b[metric]
-            assert 1 / 3 < ratio < 3, (name, metric, a[metric], b[metric])
+    for metric in ("train_time_per_epoch", "inference_time_per_example"):
+        # each time relative to its process's geometric mean: the machine's load (other
+        # processes) scales a whole process, the order bias moves one run against the others
+        rel = [{n: c[n][metric] / math.prod(c[m][metric] for m in order) ** (1 / len(order))
+                for n in order} for c in costs]
+        for name in order:  # the order bias was 5-30x; load bursts on 2 shared cores ~2x
+            ratio = rel[0][name] / rel[1][name]
+            assert 1 / 4 < ratio < 4, (name, metric, rel)
 
 
 def test_a_diverging_mapping_is_recorded_as_failed_and_the_others_go_on(tmp_path, monkeypatch):

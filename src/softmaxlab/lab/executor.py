@@ -130,9 +130,7 @@ class LocalProcesses:
                 drain()
                 for future in done:
                     yield pending.pop(future), future.result()
-            # a worker's queue writes go through a feeder thread and may trail its last
-            # result: the workers flush them as they exit
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=True)  # the workers have exited: their events are all sent
             drain()
         except BaseException:  # Ctrl-C, or the caller stopped early: stop the runs now
             for process in list(pool._processes.values()):  # no public API before 3.14

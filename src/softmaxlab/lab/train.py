@@ -17,7 +17,8 @@ Metrics (on the test split; ``None`` where undefined):
 * cost: ``train_time`` (seconds inside the training steps: forward, loss, backward,
   optimizer step), ``train_time_per_epoch`` (the median over epochs of those seconds),
   ``wall_time`` (the whole run: data, evaluation, calibration included),
-  ``inference_time_per_example`` (test forward pass and mapping), ``peak_memory_mb`` (the
+  ``inference_time_per_example`` (forward pass and mapping on up to :data:`INFER_BATCHES`
+  test batches, the median of :data:`INFER_REPEATS` timed passes), ``peak_memory_mb`` (the
   memory one training step needs: the parameters plus the peak of the tensors allocated
   during a step from a fresh optimizer, i.e. activations, gradients, Adam's state and the
   mapping's own tensors; CPU: counted per tensor by
@@ -65,6 +66,8 @@ N_BINS = 15
 TOP_K = 10
 #: Output rows per evaluation batch (a language model's window gives one per token).
 EVAL_ROWS = 1024
+#: Inference time: this many evaluation batches, timed this many times.
+INFER_BATCHES, INFER_REPEATS = 4, 5
 
 
 @dataclass(frozen=True)
@@ -180,15 +183,10 @@ def evaluate(model, head: Head, inputs, targets, device: torch.device,
     n = correct = 0
     sums = {"nll": 0.0, "brier": 0.0, "support": 0.0, "hr": 0.0, "ndcg": 0.0}
     rel = {t: torch.zeros(3, N_BINS, dtype=torch.float64) for t in ("raw", "ts")}
-    seconds = 0.0
     for x, y in batches(inputs, targets, _eval_batch(targets)):
         x, y = x.to(device), y.to(device)
-        _sync(device)
-        t0 = time.perf_counter()
         out = model(x)
         p = head.probs(out)
-        _sync(device)
-        seconds += time.perf_counter() - t0
         n += len(y)
         correct += int((p.argmax(-1) == y).sum())
         if head.has_log:
@@ -228,12 +226,35 @@ def evaluate(model, head: Head, inputs, targets, device: torch.device,
         "ece_ts": ece["ts"] if temperature is not None else None,
         "brier": sums["brier"] / n,
         "support": sums["support"] / n,
-        "inference_time_per_example": seconds / n,
+        "inference_time_per_example": inference_time(model, head, inputs, targets, device),
         "reliability": {k: {"counts": v[0].tolist(),
                             "confidence": (v[1] / v[0].clamp(min=1)).tolist(),
                             "accuracy": (v[2] / v[0].clamp(min=1)).tolist()}
                         for k, v in rel.items() if k == "raw" or temperature is not None},
     }
+
+
+@torch.no_grad()
+def inference_time(model, head: Head, inputs, targets, device: torch.device) -> float:
+    """Seconds per example of the forward pass and the mapping: the first
+    :data:`INFER_BATCHES` evaluation batches, timed :data:`INFER_REPEATS` times after one
+    untimed pass; the median (a burst of load on a shared machine moves one repetition,
+    not the result)."""
+    model.eval()
+    chunk = [(x.to(device), len(y)) for (x, y), _ in zip(
+        batches(inputs, targets, _eval_batch(targets)), range(INFER_BATCHES), strict=False)]
+    n = sum(k for _, k in chunk)
+    times = []
+    for rep in range(INFER_REPEATS + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        for x, _ in chunk:
+            head.probs(model(x))
+        _sync(device)
+        if rep:
+            times.append(time.perf_counter() - t0)
+    model.train()
+    return statistics.median(times) / n
 
 
 @torch.no_grad()
