@@ -225,7 +225,9 @@ def recommend(goal: str, metric: str, higher: bool, primary: str, primary_higher
         return statistics.fmean(values[metric][m].values())
 
     ranked = sorted(eligible, key=mean, reverse=higher)
-    best = ranked[0]
+    # The best mean among those detectably better than the reference (a higher mean within
+    # noise does not outrank a difference that survives the correction).
+    best = next((m for m in ranked if m != ref and comps[m].verdict == "better"), ranked[0])
     n = min(len(values[metric][m]) for m in eligible)
     rec = Recommendation(goal, metric, higher, ref, None, "", "none", comparisons=comps,
                          quality=quality, eligible=ranked, excluded=excluded)
@@ -233,9 +235,14 @@ def recommend(goal: str, metric: str, higher: bool, primary: str, primary_higher
     if best != ref and comps[best].verdict == "better":
         c = comps[best]
         rec.choice, rec.strength = best, strength(c)
+        n = c.n  # the strength is that of the choice's comparison
         rec.headline = (f"Use {best} for {goal}: {name} {_fmt(mean(best))} against "
                         f"{_fmt(ref_mean)} with {ref}, a difference of {describe(c)}.")
-        others = [m for m in ranked[1:] if m != ref and comps[m].verdict == "better"]
+        others = [m for m in ranked if m not in (best, ref) and comps[m].verdict == "better"]
+        higher_noise = [m for m in ranked[:ranked.index(best)] if m != ref]
+        if higher_noise:
+            rec.evidence.append(f"Higher mean {name} but within seed noise of {ref}: "
+                                + ", ".join(higher_noise) + ".")
         if others:
             rec.evidence.append("Also detectably better than " + ref + ": "
                                 + ", ".join(others) + ".")
