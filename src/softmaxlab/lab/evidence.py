@@ -239,7 +239,7 @@ def recommend(goal: str, metric: str, higher: bool, primary: str, primary_higher
         rec.headline = (f"Use {best} for {goal}: {name} {_fmt(mean(best))} against "
                         f"{_fmt(ref_mean)} with {ref}, a difference of {describe(c)}.")
         others = [m for m in ranked if m not in (best, ref) and comps[m].verdict == "better"]
-        higher_noise = [m for m in ranked[:ranked.index(best)] if m != ref]
+        higher_noise = ranked[:ranked.index(best)]  # softmax ranks below a better mapping
         if higher_noise:
             rec.evidence.append(f"Higher mean {name} but within seed noise of {ref}: "
                                 + ", ".join(higher_noise) + ".")

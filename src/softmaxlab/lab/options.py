@@ -20,14 +20,19 @@ def _shown(value) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
+def _parsed(value, convert: Callable):
+    """``value``, or ``convert(value)`` if it is text (``None`` where that fails)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return convert(value)
+    except ValueError:
+        return None
+
+
 def check_positive_int(flag: str, value) -> int:
     """``value`` (an int, or its text) if it is an integer >= 1."""
-    number = value
-    if isinstance(value, str):
-        try:
-            number = int(value)
-        except ValueError:
-            number = None
+    number = _parsed(value, int)
     if isinstance(number, bool) or not isinstance(number, int) or number < 1:
         raise ValueError(f"{flag} must be an integer >= 1, got {_shown(value)}")
     return number
@@ -35,12 +40,7 @@ def check_positive_int(flag: str, value) -> int:
 
 def check_positive_float(flag: str, value) -> float:
     """``value`` (a number, or its text) as a float if it is finite and > 0."""
-    number = value
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
+    number = _parsed(value, float)
     if isinstance(number, bool) or not isinstance(number, (int, float)) or not (
             math.isfinite(number) and number > 0):
         raise ValueError(f"{flag} must be a finite number > 0, got {_shown(value)}")
