@@ -22,6 +22,7 @@ from ._constants import NEG_INF
 from ._validation import check_dim, check_input, check_int, check_k
 from .functional._common import compute, exp_normalize, recomputed_vjp
 from .kernels import ops
+from .kernels.registry import eager
 
 __all__ = ["OnlineState", "online_logsumexp", "softmax_topk"]
 
@@ -135,7 +136,10 @@ def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tenso
     else:  # rows too short for the block search: the (safe) softmax at the top-k logits
         z = compute(rows)
         idx = z.topk(k, dim=-1).indices
-        p = _topk_rows(z, idx)
-    p = p.to(x.dtype)
+        fast = eager("softmax", z)  # a call that needs no graph: the kernel itself
+        p = (_topk_rows(z, idx) if fast is None else
+             ops.row_function(fast.name, "expnorm_forward")(z, False).gather(-1, idx))
+    if p.dtype != x.dtype:
+        p = p.to(x.dtype)
     return (p, idx) if last else (p.movedim(-1, d), idx.movedim(-1, d))
 

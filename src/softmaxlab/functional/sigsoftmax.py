@@ -7,7 +7,15 @@ import torch.nn.functional as F
 
 from .._registry import Mapping, register
 from ..kernels import ops
-from ._common import along, log_score_mapping, normalized, recomputed_vjp, score_mapping
+from ._common import (
+    along,
+    common_kernel,
+    log_score_mapping,
+    normalized,
+    recomputed_vjp,
+    row_function,
+    score_mapping,
+)
 
 
 def _log_sigsoftmax_score(z: torch.Tensor, _excluded: torch.Tensor) -> torch.Tensor:
@@ -23,6 +31,9 @@ ops.register_vjp("sigsoftmax", recomputed_vjp(_sigsoftmax_rows))
 
 
 def _sigsoftmax(x, dim, mask, dtype, log):
+    spec = common_kernel("sigsoftmax", x, dim, mask, dtype)
+    if spec is not None:
+        return row_function(spec.name, "score_forward")(x, None, log)[0]
     def reference(z):
         return _sigsoftmax_rows(z, (), log)
 

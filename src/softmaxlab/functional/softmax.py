@@ -7,7 +7,7 @@ import torch
 from .._constants import NEG_INF
 from .._registry import Mapping, positive_real, register
 from .._validation import check_broadcast, check_dtype, check_input
-from ._common import along, compute, exp_normalize
+from ._common import along, common_kernel, compute, exp_normalize, row_function
 
 TEMPERATURE = positive_real(
     "temperature", 1.0, valid=(0.5, 3.0), bad=(0.0, -1.0, float("inf"), float("nan"), "1")
@@ -65,6 +65,10 @@ def softmax(
         >>> softmax(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0486, 0.3592, 0.5922])
     """
+    if type(temperature) is float and temperature == 1.0:
+        spec = common_kernel("softmax", x, dim, mask, dtype)
+        if spec is not None:
+            return row_function(spec.name, "expnorm_forward")(x, False)
     return _softmax(x, dim, temperature, mask, dtype, log=False)
 
 
@@ -85,6 +89,10 @@ def log_softmax(
         >>> log_softmax(torch.tensor([0.0, 0.0]))
         tensor([-0.6931, -0.6931])
     """
+    if type(temperature) is float and temperature == 1.0:
+        spec = common_kernel("softmax", x, dim, mask, dtype)
+        if spec is not None:
+            return row_function(spec.name, "expnorm_forward")(x, True)
     return _softmax(x, dim, temperature, mask, dtype, log=True)
 
 

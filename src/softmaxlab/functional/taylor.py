@@ -10,9 +10,11 @@ from .._registry import Mapping, Param, register
 from ..kernels import ops
 from ._common import (
     along,
+    common_kernel,
     log_score_mapping,
     normalized,
     recomputed_vjp,
+    row_function,
     safe_where,
     score_mapping,
 )
@@ -73,6 +75,9 @@ ops.register_vjp("taylor_softmax", recomputed_vjp(_taylor_rows))
 def _taylor(x, dim, order, mask, dtype, log):
     ORDER.validate(order)
     coef = _coefficients(order)
+    spec = common_kernel("taylor_softmax", x, dim, mask, dtype)
+    if spec is not None:
+        return row_function(spec.name, "score_forward")(x, coef, log)[0]
 
     def reference(z):
         return _taylor_rows(z, coef, log)

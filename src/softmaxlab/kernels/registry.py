@@ -36,8 +36,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["BACKENDS", "ENV_VAR", "KernelSpec", "available", "backend", "kernel_name", "kernels",
-           "load", "register", "requested_backend", "select", "spec", "use"]
+__all__ = ["BACKENDS", "ENV_VAR", "KernelSpec", "available", "backend", "eager", "kernel_name",
+           "kernels", "load", "register", "requested_backend", "select", "spec", "use"]
 
 ENV_VAR = "SOFTMAXLAB_BACKEND"
 BACKENDS = ("auto", "reference", "cpu", "triton")
@@ -85,6 +85,7 @@ def register(spec: KernelSpec) -> KernelSpec:
     _SPECS.setdefault(spec.op, []).append(spec)
     _BY_NAME[spec.name] = spec
     _CANDIDATES.clear()
+    _EAGER.clear()
     return spec
 
 
@@ -206,6 +207,40 @@ def select(op: str, x: torch.Tensor, **facts: Any) -> KernelSpec | None:
 
 _is_compiling = torch.compiler.is_compiling
 _functorch_active = torch._C._are_functorch_transforms_active
+_grad_enabled = torch.is_grad_enabled
+_tracing_state = torch._C._get_tracing_state
+_Tensor = torch.Tensor
+_MISSING = object()
+#: (op, dtype, requested backend as set) -> what :func:`select` chose for the common call
+_EAGER: dict[tuple, KernelSpec | None] = {}
+_EAGER_DTYPES = (torch.float32, torch.float64)
+
+
+def eager(op: str, x: torch.Tensor) -> KernelSpec | None:
+    """:func:`select` for the common call, in one dict lookup: an eager call on a plain,
+    non-empty float32/float64 CPU tensor of at least one dimension that needs no autograd
+    graph, outside ``torch.compile``, ``torch.func`` and ``torch.jit.trace``, of an op whose
+    kernels apply unconditionally. ``None`` otherwise (or for the reference): the caller then
+    takes its general path, which decides everything again.
+
+    Example:
+        >>> eager("softmax", torch.zeros(2, 3)).name
+        'cpu.softmax'
+    """
+    if (type(x) is not _Tensor or not x.is_cpu or (x.requires_grad and _grad_enabled())
+            or _is_compiling() or _functorch_active() or _tracing_state() or not x.numel()
+            or not x.dim()):
+        return None
+    request = (_OVERRIDE[-1] if _OVERRIDE else
+               _ENV_DATA.get(_ENV_KEY) if _ENV_DATA is not None else os.environ.get(ENV_VAR))
+    key = (op, x.dtype, request)
+    found = _EAGER.get(key, _MISSING)
+    if found is _MISSING:
+        unconditional = all(s.applies is None for s in _SPECS.get(op, ()))
+        found = select(op, x) if unconditional and x.dtype in _EAGER_DTYPES else None
+        if found is None or found.backend == "cpu":  # Triton on CPU tensors depends on
+            _EAGER[key] = found                      # TRITON_INTERPRET: decided each call
+    return found  # type: ignore[return-value]
 
 
 def _candidates(op: str, backend: str, dtype: torch.dtype) -> tuple[KernelSpec, ...]:
