@@ -43,7 +43,7 @@ def _spherical(x, dim, eps, mask, dtype, log):
     coef = (float(eps), 0.0, 1.0)  # z^2 + eps
     spec = common_kernel("spherical_softmax", x, dim, mask, dtype)
     if spec is not None:
-        return row_function(spec.name, "score_forward")(x, coef, log)[0]
+        return row_function(spec.name, "score_output")(x, coef, log)
 
     def reference(z):
         return _spherical_rows(z, coef, log)

@@ -12,6 +12,7 @@ family          row functions of a kernel module (rows ``(*, n)``, contiguous)
 ``expnorm``     ``expnorm_forward(l, log) -> out``,
                 ``expnorm_backward(g, out, log) -> grad``
 ``score``       ``score_forward(z, coef, log) -> (out, stats (*, 2) float64)``,
+                ``score_output(z, coef, log) -> out`` (the forward alone: no graph),
                 ``score_backward(g, z, stats, coef, log) -> grad``
 ``sparse``      ``sparse_forward(z, alpha) -> p`` (alpha 2: sparsemax, 1.5: entmax15),
                 ``sparse_backward(g, p, alpha) -> grad``
@@ -243,7 +244,7 @@ score_backward_op.register_vmap(_vmap_rule(score_backward_op))
 def score_map(z: Tensor, coef: tuple[float, ...], log: bool, kernel: str) -> Tensor:
     """The output of :func:`score_op` (``coef=()``: sigsoftmax)."""
     if _direct(z):
-        return _fn(kernel, "score_forward")(z.contiguous(), coef or None, log)[0]
+        return _fn(kernel, "score_output")(z.contiguous(), coef or None, log)
     return score_op(z, coef, log, kernel)[0]
 
 

@@ -36,7 +36,7 @@ import numba
 import numpy as np
 import torch
 from llvmlite import ir
-from numba import types
+from numba import carray, types
 from numba.extending import intrinsic
 
 #: Contraction (FMA) and reciprocals; no nnan/ninf, so NaN and infinities keep their IEEE
@@ -306,6 +306,41 @@ def _pool_launch(kernel, arrays, args, scratch, claims, threads):
     run()
     for f in futures:
         f.result()
+
+
+# ------------------------------------------------------------- small calls by address
+#: Fewer entries than this: a call runs on the caller's thread alone (see :func:`launch`).
+SINGLE_THREAD = 2 * MIN_ENTRIES_PER_THREAD
+
+
+def small_rows(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """``(address, entries, row length)`` of the float32 tensor ``t`` when a kernel's
+    small-call entry serves it (C-contiguous, not empty, one thread's worth), else ``None``.
+
+    A small call passes addresses, not arrays: NumPy views of tensors and numba's typing of
+    array arguments cost ~1.3 us a call, as much as all of ``torch.softmax`` at (4, 8);
+    :func:`rows_at` rebuilds the rows inside the compiled entry.
+    """
+    size = t.numel()
+    if 0 < size < SINGLE_THREAD and t.is_contiguous():
+        shape = t.shape
+        return t.data_ptr(), size, shape[-1] if shape else 1
+    return None
+
+
+@inline
+def rows_at(address, size, n):
+    """The ``(size // n, n)`` C-contiguous float32 rows at ``address``."""
+    return carray(pointer(address, F32), (size // n, n))
+
+
+@inline
+def one_claim():
+    """``claims`` of a single-threaded call: one block holds every row."""
+    claims = np.empty(2, np.int64)
+    claims[0] = 0
+    claims[1] = 1 << 62
+    return claims
 
 
 def rows(t: torch.Tensor) -> np.ndarray:

@@ -19,10 +19,13 @@ from ._jit import (
     kept_sum,
     launch,
     log32,
+    one_claim,
     row_kernel,
     row_max,
     row_sum,
     rows,
+    rows_at,
+    small_rows,
     special_row,
     wide_vectors,
 )
@@ -57,6 +60,13 @@ def _forward(x, out, log, claims):
 
 
 @row_kernel
+def _forward_at(px, po, size, n, log):
+    """:func:`_forward` of the float32 rows at address ``px`` into ``po``, on this thread
+    (the small-call entry, :func:`._jit.small_rows`)."""
+    _forward(rows_at(px, size, n), rows_at(po, size, n), log, one_claim())
+
+
+@row_kernel
 def _log_backward(out, g, grad, claims):
     wide_vectors()
     rows_, n = out.shape
@@ -82,6 +92,11 @@ def expnorm_forward(l: torch.Tensor, log: bool) -> torch.Tensor:
     tensor([[0.5000, 0.5000],
             [0.0000, 0.0000]])
     """
+    small = small_rows(l)
+    if small is not None:
+        out = torch.empty_like(l)  # contiguous, as l is
+        _forward_at(small[0], out.data_ptr(), small[1], small[2], log)
+        return out
     x = rows(l)
     out, out_rows = empty_rows(l, x)
     launch(_forward, (x, out_rows), log)

@@ -39,12 +39,15 @@ from ._jit import (
     log32,
     maximum,
     new_rows,
+    one_claim,
     reduction,
     row_dot,
     row_kernel,
     row_max,
     row_sum,
     rows,
+    rows_at,
+    small_rows,
     special_row,
     wide_vectors,
 )
@@ -373,6 +376,35 @@ def _poly(coef: tuple[float, ...]) -> tuple[np.ndarray, float]:
     """The polynomial's coefficients as an array, and the largest |z| at which it is at most
     ``SAFE_SCORE``."""
     return np.asarray(coef), max(1.0, (SAFE_SCORE / sum(coef)) ** (1.0 / (len(coef) - 1)))
+
+
+@row_kernel
+def _poly_forward_at(px, po, size, n, coef, safe, log):
+    """:func:`_poly_forward` of the float32 rows at address ``px`` into ``po``, on this
+    thread, the statistics discarded (the small-call entry, :func:`._jit.small_rows`)."""
+    _poly_forward(rows_at(px, size, n), rows_at(po, size, n), np.empty((size // n, 2)), coef,
+                  safe, log, one_claim())
+
+
+@row_kernel
+def _sig_forward_at(px, po, size, n, log):
+    """:func:`_sig_forward` of the float32 rows at address ``px`` into ``po``, on this
+    thread, the statistics discarded (the small-call entry, :func:`._jit.small_rows`)."""
+    _sig_forward(rows_at(px, size, n), rows_at(po, size, n), np.empty((size // n, 2)), log,
+                 one_claim())
+
+
+def score_output(z: torch.Tensor, coef: tuple[float, ...] | None, log: bool) -> torch.Tensor:
+    """The output of :func:`score_forward` alone, for a call that needs no backward."""
+    small = small_rows(z)
+    if small is None:
+        return score_forward(z, coef, log)[0]
+    out = torch.empty_like(z)  # contiguous, as z is
+    if coef is None:
+        _sig_forward_at(small[0], out.data_ptr(), small[1], small[2], log)
+    else:
+        _poly_forward_at(small[0], out.data_ptr(), small[1], small[2], *_poly(coef), log)
+    return out
 
 
 def score_forward(z: torch.Tensor, coef: tuple[float, ...] | None, log: bool):

@@ -34,12 +34,15 @@ from ._jit import (
     inline,
     launch,
     minimum,
+    one_claim,
     reduction,
     row_dot,
     row_kernel,
     row_max,
     row_sum,
     rows,
+    rows_at,
+    small_rows,
     special_row,
     wide_vectors,
 )
@@ -163,6 +166,14 @@ def _forward(x, out, entmax, newton_steps, buf, claims):
 
 
 @row_kernel
+def _forward_at(px, po, size, n, entmax, newton_steps):
+    """:func:`_forward` of the float32 rows at address ``px`` into ``po``, on this thread
+    (the small-call entry, :func:`._jit.small_rows`)."""
+    _forward(rows_at(px, size, n), rows_at(po, size, n), entmax, newton_steps,
+             np.empty(n, np.float32), one_claim())
+
+
+@row_kernel
 def _backward(p, g, grad, entmax, claims):
     wide_vectors()
     rows_, n = p.shape
@@ -185,6 +196,11 @@ def _backward(p, g, grad, entmax, claims):
 def sparse_forward(z: torch.Tensor, alpha: float) -> torch.Tensor:
     """Sparsemax (``alpha=2``) or 1.5-entmax (``alpha=1.5``) of float32 rows ``z``
     (excluded entries ``-inf``)."""
+    small = small_rows(z)
+    if small is not None:
+        p = torch.empty_like(z)  # contiguous, as z is
+        _forward_at(small[0], p.data_ptr(), small[1], small[2], alpha == 1.5, MAX_NEWTON)
+        return p
     x = rows(z)
     p, p_rows = empty_rows(z, x)
     launch(_forward, (x, p_rows), alpha == 1.5, MAX_NEWTON, scratch=((x.shape[1], np.float32),))
