@@ -118,3 +118,22 @@ def test_options_take_the_general_path_and_still_validate():
         sl.entmax(x, n_iter=2.5)
     torch.testing.assert_close(sl.softmax(x, temperature=2.0), torch.softmax(x / 2, -1))
     torch.testing.assert_close(sl.entmax(x, alpha=1.5), sl.entmax15(x))
+
+
+def test_cross_entropy_common_call_is_torch_fused_loss_and_falls_back_where_it_must():
+    from softmaxlab import losses
+
+    z = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 4, 2, 1, 3, 0])
+    assert registry.eager("cross_entropy", z, {"mapping": "softmax", "params": {}}) is not None
+    torch.testing.assert_close(losses.cross_entropy(z, t),
+                               torch.nn.functional.cross_entropy(z, t), rtol=0, atol=0)
+    torch.testing.assert_close(losses.cross_entropy(z, t),
+                               losses.cross_entropy(z, t, reduction="sum") / 6)
+    z[2] = float("-inf")  # a row with nothing kept: torch's NaN, the contract's value
+    assert torch.isfinite(losses.cross_entropy(z[[0, 1]], t[[0, 1]]))
+    assert not torch.isnan(losses.cross_entropy(z, t))
+    with pytest.raises(ValueError, match="9"):
+        losses.cross_entropy(torch.randn(3, 5), torch.tensor([0, 9, 1]))
+    with pytest.raises(ValueError, match="shape"):
+        losses.cross_entropy(torch.randn(3, 5), torch.tensor([0, 1]))

@@ -9,6 +9,7 @@ from .. import kernels
 from .._registry import resolve_log_mapping
 from .._validation import check_real
 from ..kernels import ops
+from ..kernels.registry import eager
 from ._common import (
     as_rows,
     check_label_smoothing,
@@ -84,6 +85,11 @@ def cross_entropy(
         >>> cross_entropy(z, torch.tensor([[0.8, 0.2, 0.0]]))  # class probabilities
         tensor(0.5698)
     """
+    if (mapping == "softmax" and not mapping_params and weight is None and ignore_index == -100
+            and reduction == "mean" and type(label_smoothing) is float and not label_smoothing):
+        loss = _common_call(logits, target)
+        if loss is not None:
+            return loss
     reduction = check_reduction(reduction)
     label_smoothing = check_label_smoothing(label_smoothing)
     if not label_smoothing and eager_cpu_ids(logits, target):
@@ -109,6 +115,26 @@ def cross_entropy(
     logp = log_probs(mapping, rows.logits, mapping_params)
     loss, w_rows = nll_rows(logp, rows, w, label_smoothing)
     return _as(reduce(loss, w_rows, rows.batch_shape, reduction), logits)
+
+
+#: The kernel facts of the common call (:func:`_common_call`), decided once.
+_SOFTMAX_FACTS = {"mapping": "softmax", "params": {}}
+
+
+def _common_call(logits: torch.Tensor, target: object) -> torch.Tensor | None:
+    """The softmax cross-entropy's common call without a graph, ``(N, C)`` logits and
+    ``(N,)`` int64 class ids on CPU, by its kernel (torch's fused loss) with no further
+    check; ``None`` where that is not the call or the result needs the general path (an id
+    out of range, a NaN)."""
+    spec = eager("cross_entropy", logits, _SOFTMAX_FACTS)
+    if (spec is None or type(target) is not torch.Tensor or target.dtype is not torch.int64
+            or logits.dim() != 2 or target.dim() != 1 or not target.is_cpu):
+        return None
+    try:
+        return ops.row_function(spec.name, "cross_entropy_forward")(logits, target, None,
+                                                                    -100, "mean")
+    except (IndexError, RuntimeError, ValueError):  # a bad id or size: the general path says it
+        return None
 
 
 def soft_margin_loss(
