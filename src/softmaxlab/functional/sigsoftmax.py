@@ -13,6 +13,11 @@ def _log_sigsoftmax_score(z: torch.Tensor, _excluded: torch.Tensor) -> torch.Ten
     return z + F.logsigmoid(z)
 
 
+def sigsoftmax_log_score(z: torch.Tensor) -> torch.Tensor:
+    """``z + log sigmoid(z)``: the element-wise log-score of sigsoftmax."""
+    return z + F.logsigmoid(z)
+
+
 def _sigsoftmax(x, dim, mask, dtype, log):
     def reference(z):
         return log_score_mapping(z, _log_sigsoftmax_score, log)
@@ -62,5 +67,6 @@ register(
         summary="exp(z) * sigmoid(z), normalized",
         formula="e^z sigmoid(z) / sum e^z sigmoid(z)",
         naive=naive_sigsoftmax,
+        log_score=sigsoftmax_log_score,
     )
 )

@@ -20,6 +20,11 @@ def log_spherical_score(z: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.where(small, (zs.square() + eps).log(), big)
 
 
+def spherical_log_score(z: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+    """The element-wise log-score of the spherical softmax (:func:`log_spherical_score`)."""
+    return log_spherical_score(z, eps)
+
+
 def _spherical(x, dim, eps, mask, dtype, log):
     EPS.validate(eps)
 
@@ -73,5 +78,6 @@ register(
         summary="squared logits plus eps, normalized",
         formula="(z^2 + eps) / sum (z^2 + eps)",
         naive=naive_spherical,
+        log_score=spherical_log_score,
     )
 )
