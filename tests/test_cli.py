@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -68,3 +69,29 @@ def test_readme_table_names_every_mapping_and_log_form():
         if m.log_fn:
             assert f"`{m.log_fn.__name__}`" in readme
     assert "make run" in readme and "make test" in readme
+
+
+def test_readme_says_how_to_reach_the_installed_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "source .venv/bin/activate" in readme and ".venv/bin/softmaxlab" in readme
+    assert ".venv/bin/python -m pip install" in readme
+
+
+MAKE = shutil.which("make")
+
+
+@pytest.mark.skipif(MAKE is None, reason="make is not installed")
+def test_make_run_installs_only_the_lab_extra_and_make_test_adds_dev(tmp_path):
+    def dry(target: str) -> str:
+        return subprocess.run([MAKE, "-n", "-C", str(ROOT), target, f"VENV={tmp_path}"],
+                              capture_output=True, text=True, check=True).stdout
+
+    run = dry("run")
+    assert '-e ".[lab]"' in run and "lab,dev" not in run and "softmaxlab compare" in run
+    assert '-e ".[lab,dev]"' in dry("test")
+    # a venv that `make run` set up: `make test` adds the dev extra only
+    (tmp_path / ".installed-lab").touch()
+    again = dry("test")
+    assert '-e ".[lab,dev]"' in again and '-e ".[lab]"' not in again
+    (tmp_path / ".installed-dev").touch()
+    assert "pip install" not in dry("test")

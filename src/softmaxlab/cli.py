@@ -123,8 +123,21 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (``softmaxlab: error: message``,
+    as every other user error, exit status 2) pointing at ``--help``, rather than the usage
+    block; its subcommand parsers are of this class too."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+class UsageError(Exception):
+    """A command line argparse refused; :func:`main` prints it in one line (exit status 2)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="softmaxlab", description="The softmax function and its alternatives: library and lab."
     )
     parser.add_argument("--version", action="version", version=f"softmaxlab {__version__}")
@@ -144,12 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one subcommand. A user error (a bad value, a missing or unwritable file) is one
+    line on stderr and exit status 2, never a traceback; Ctrl-C is one line and 130."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"softmaxlab: error: {e}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except ValueError as e:
         print(f"softmaxlab: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        what = f"{e.filename}: " if e.filename else ""
+        print(f"softmaxlab: error: {what}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nsoftmaxlab: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

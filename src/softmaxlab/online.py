@@ -20,7 +20,7 @@ import torch
 from . import kernels
 from ._constants import NEG_INF
 from ._validation import check_dim, check_input, check_int, check_k
-from .functional._common import compute, exp_normalize
+from .functional._common import compute, exp_normalize, recomputed_vjp
 from .kernels import ops
 
 __all__ = ["OnlineState", "online_logsumexp", "softmax_topk"]
@@ -97,6 +97,15 @@ def online_logsumexp(x: torch.Tensor, dim: int = -1, *, chunk_size: int = 65536)
     return reduce(OnlineState.merge, states).logsumexp().to(x.dtype)
 
 
+def _topk_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """The safe softmax of rows ``x`` at the entries ``idx``."""
+    return exp_normalize(compute(x), False).gather(-1, idx)
+
+
+# the top-k kernels' backward under create_graph=True (see kernels/ops.py)
+ops.register_vjp("softmax_topk", recomputed_vjp(_topk_rows))
+
+
 def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The ``k`` largest softmax probabilities along ``dim`` and their indices.
 
@@ -126,7 +135,7 @@ def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tenso
     else:  # rows too short for the block search: the (safe) softmax at the top-k logits
         z = compute(rows)
         idx = z.topk(k, dim=-1).indices
-        p = exp_normalize(z, False).gather(-1, idx)
+        p = _topk_rows(z, idx)
     p = p.to(x.dtype)
     return (p, idx) if last else (p.movedim(-1, d), idx.movedim(-1, d))
 

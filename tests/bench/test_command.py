@@ -81,3 +81,54 @@ def test_bad_names_give_a_clear_error_listing_the_valid_ones(args, words, capsys
     err = capsys.readouterr().err
     for w in words:
         assert w in err, err
+
+
+def test_out_is_checked_before_anything_runs_and_never_replaces_a_foreign_file(tmp_path, capsys):
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "notes"}')
+    for out, words in ((tmp_path, "is a folder"), (mine, "not a softmaxlab bench result"),
+                       (mine / "r.json", "is a file")):
+        assert main(["bench", "--suite", "linear_ce", "--quick", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1 and "Traceback" not in err
+    assert mine.read_text() == '{"my": "notes"}'
+
+
+def test_the_default_out_is_absolute_and_in_the_checkout_when_there_is_one(tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = results.default_out("softmax")
+    assert path.is_absolute() and path.parent == results.results_dir()
+    assert tmp_path not in path.parents or not (
+        results.Path(results.__file__).resolve().parents[3] / "benchmarks").is_dir()
+
+
+def test_ctrl_c_saves_what_was_measured_and_prints_one_line(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "r.json"
+    proc = subprocess.Popen([sys.executable, "-m", "softmaxlab", "bench", "--suite",
+                             "softmax,elementwise", "--quick", "--repeat", "3", "--out",
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # wait for the first finished case
+            line = proc.stderr.readline()
+            assert line and time.monotonic() < deadline, ("".join(seen), proc.poll())
+            seen.append(line)
+            if line.rstrip().endswith(" s") and ": " in line and "/" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted: saved the ")
+    doc = json.loads(out.read_text())
+    assert doc["interrupted"] is True and doc["rows"]

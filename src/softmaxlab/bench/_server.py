@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import sys
 import traceback
 
@@ -70,6 +71,9 @@ def _forked(request: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # Ctrl-C reaches the whole process group: the client handles it and closes stdin, which
+    # ends this loop (children inherit the setting and finish their one measurement)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fork = hasattr(os, "fork") and "--no-fork" not in argv
     out = sys.stdout
     sys.stdout = sys.stderr  # only answers on the protocol stream

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .environment import BACKENDS
-from .suites import SUITES
+from .suites import SUITES, resolve_suites
 from .timing import MODES
 
 
@@ -23,8 +23,10 @@ def register(subparsers) -> None:
     p.add_argument("--quick", action="store_true",
                    help="small shapes and few repetitions: a smoke run in well under a minute")
     p.add_argument("--out", metavar="FILE",
-                   help="JSON result file (default benchmarks/results/"
-                        "bench-<suite>-<host>-<date>.json)")
+                   help="JSON result file (default: bench-<suite>-<host>-<date>.json in the "
+                        "repository's benchmarks/results/ when softmaxlab runs from a source "
+                        "checkout, else in ./benchmarks/results/); an existing file is replaced "
+                        "only if it is a softmaxlab bench result")
     p.add_argument("--mode", default="all",
                    help=f"{', '.join(MODES)} (backward: the backward pass alone), or all "
                         "(default all)")
@@ -84,11 +86,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    suites, _ = resolve_suites(args.suite)  # unknown names fail here, before anything runs
+    name = "all" if args.suite == "all" else suites
+    path = results.check_out(args.out if args.out else results.default_out(name))
     doc = runner.run(args.suite, quick=args.quick, modes=args.mode, repeat=args.repeat,
                      backend=args.backend, memory=args.memory, compile=args.compile,
                      argv=_command_line(args), log=None if args.quiet else log)
-    name = "all" if args.suite == "all" else doc["suites"]
-    path = results.save(doc, args.out or results.default_out(name))  # first: never lose a run
+    path = results.save(doc, path)  # first: never lose a run
+    if doc.get("interrupted"):
+        print(f"interrupted: saved the {len(doc['rows'])} rows measured so far to {path}",
+              file=sys.stderr)
+        return 130
     report.print_table(doc)
     print(f"wrote {path}")
     return 0

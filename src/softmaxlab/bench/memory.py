@@ -230,3 +230,70 @@ def cuda_peak_memory(step: Step) -> tuple[int, str]:
     del out
     step.after()
     return max(0, peak), "cuda max_memory_allocated above inputs"
+
+
+class TensorPeak:
+    """Peak bytes of the tensors created while the block runs, above those alive before it:
+    a ``TorchDispatchMode`` sees every op's outputs (forward, the autograd engine's backward
+    on this thread, optimizer updates) and counts each new storage until its last tensor is
+    freed. Deterministic and independent of the allocator's state, so of what ran before in
+    the process. Not seen: scratch memory inside one op (a fused kernel's temporaries; its
+    outputs are counted), memory outside torch tensors, and CUDA backward threads (use the
+    CUDA allocator's peak there).
+
+    Example:
+        >>> with TensorPeak() as peak:
+        ...     y = torch.ones(1024) * 2
+        >>> peak.bytes
+        8192
+    """
+
+    def __init__(self):
+        self.bytes = 0
+        self._now = 0
+        self._live: dict[int, list[int]] = {}
+        self._mode = None
+
+    def __enter__(self) -> TensorPeak:
+        import weakref
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        tracker = self
+
+        def release(ptr: int) -> None:
+            entry = tracker._live.get(ptr)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    tracker._now -= entry[0]
+                    del tracker._live[ptr]
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                inputs = {a.untyped_storage().data_ptr() for a in tree_leaves((args, kwargs))
+                          if isinstance(a, torch.Tensor) and a.layout == torch.strided}
+                for t in tree_leaves(out):
+                    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+                        continue
+                    storage = t.untyped_storage()
+                    ptr, nbytes = storage.data_ptr(), storage.nbytes()
+                    if ptr in tracker._live:
+                        tracker._live[ptr][1] += 1
+                    elif ptr in inputs or nbytes == 0:
+                        continue  # in place, or a view of a tensor from before the block
+                    else:
+                        tracker._live[ptr] = [nbytes, 1]
+                        tracker._now += nbytes
+                        tracker.bytes = max(tracker.bytes, tracker._now)
+                    weakref.finalize(t, release, ptr)
+                return out
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)

@@ -241,6 +241,9 @@ class Case:
             return fn(self, inputs, mode)
         if not impl.compiled:
             return self.timed(fn, inputs, mode)
+        # each case compiles afresh: the recompilations of earlier cases (other modes,
+        # dtypes, shapes of a shared function) must not count towards Dynamo's limit
+        torch._dynamo.reset()
         try:
             step = self.timed(torch.compile(fn, fullgraph=True), inputs, mode)
             run_once(step)

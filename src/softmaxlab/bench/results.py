@@ -72,12 +72,47 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
+def results_dir() -> Path:
+    """Where results go by default: the repository's ``benchmarks/results`` when this
+    package runs from a source checkout (``<repo>/src/softmaxlab`` beside
+    ``<repo>/benchmarks/results``), else ``benchmarks/results`` in the current folder;
+    absolute either way."""
+    repo = Path(__file__).resolve().parents[3]
+    checkout = repo / "benchmarks" / "results"
+    if (repo / "pyproject.toml").is_file() and checkout.is_dir():
+        return checkout
+    return Path.cwd() / "benchmarks" / "results"
+
+
 def default_out(suites: Sequence[str] | str) -> Path:
-    """``benchmarks/results/bench-<suite>-<host>-<date>.json`` (date: UTC, to the second)."""
+    """``<results_dir()>/bench-<suite>-<host>-<date>.json`` (date: UTC, to the second)."""
     name = suites if isinstance(suites, str) else "+".join(suites)
     host = re.sub(r"[^A-Za-z0-9_.-]+", "_", platform.node() or "host")
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Path("benchmarks") / "results" / f"bench-{name}-{host}-{stamp}.json"
+    return results_dir() / f"bench-{name}-{host}-{stamp}.json"
+
+
+def check_out(path: str | os.PathLike) -> Path:
+    """``path`` as an absolute result-file path if one can be written there without
+    replacing anything but an earlier bench result; ``ValueError`` (one line) otherwise.
+    Creates nothing."""
+    path = Path(path).expanduser().absolute()
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give a FILE.json")
+    if path.exists():
+        try:
+            load(path)
+        except ValueError:
+            raise ValueError(f"--out {path} exists and is not a softmaxlab bench result; it "
+                             "is never overwritten (choose another file)") from None
+    probe = path.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"--out {path}: {probe} is a file, so no folder can be made there")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {path}: {probe} is not writable")
+    return path
 
 
 def save(doc: dict, path: str | os.PathLike) -> Path:

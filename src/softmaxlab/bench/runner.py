@@ -171,11 +171,9 @@ def cpu_memory(case: Case, rows: list[Row], settings: Settings) -> list[Row]:
 
 
 def measure_case(case: Case, modes: Sequence[str], settings: Settings, *,
-                 copy_gbps: float | None = None,
-                 log: Callable[[str], None] | None = None) -> list[Row]:
+                 copy_gbps: float | None = None) -> list[Row]:
     """Every implementation of ``case`` in every mode (of ``modes`` that the case has): time,
     memory, throughput, ratios and targets; one row each."""
-    t0 = time.perf_counter()
     inputs = case.make()
     rows: list[Row] = []
     for mode in modes:
@@ -185,12 +183,7 @@ def measure_case(case: Case, modes: Sequence[str], settings: Settings, *,
     _free(case.device)
     if settings.memory and case.memory and torch.device(case.device).type == "cpu":
         rows = cpu_memory(case, rows, settings)
-    rows = link(rows, case.targets)
-    if log is not None:
-        for r in rows:
-            log(progress_line(r.as_dict()))
-        log(f"{case.id}: {time.perf_counter() - t0:.1f} s")
-    return rows
+    return link(rows, case.targets)
 
 
 def _free(device: str) -> None:
@@ -280,9 +273,18 @@ def run(suites: Sequence[str] | str = "all", *, quick: bool = False,
             if log:
                 log(f"copy bandwidth ({d}): {copy[d]['gbps']:.1f} GB/s")
         rows: list[Row] = []
-        for case in all_cases:
-            rows += measure_case(case, modes, settings, copy_gbps=copy[case.device]["gbps"],
-                                 log=log)
+        interrupted = False
+        try:
+            for case in all_cases:
+                t0 = time.perf_counter()
+                done = measure_case(case, modes, settings, copy_gbps=copy[case.device]["gbps"])
+                rows += done  # kept before anything is printed: a Ctrl-C after a line loses nothing
+                if log is not None:
+                    for r in done:
+                        log(progress_line(r.as_dict()))
+                    log(f"{case.id}: {time.perf_counter() - t0:.1f} s")
+        except KeyboardInterrupt:  # keep what was measured: the caller saves it
+            interrupted = True
     return {
         "schema": SCHEMA,
         "tool": "softmaxlab bench",
@@ -302,6 +304,7 @@ def run(suites: Sequence[str] | str = "all", *, quick: bool = False,
         "definitions": DEFINITIONS,
         "cases": [c.describe() for c in all_cases],
         "rows": [r.as_dict() for r in rows],
+        **({"interrupted": True} if interrupted else {}),
     }
 
 

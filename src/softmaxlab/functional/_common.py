@@ -161,6 +161,20 @@ def log_score_mapping(
     return exp_normalize(l, log)
 
 
+def recomputed_vjp(rows: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``vjp(g, x, *params)``: the vector-Jacobian product of ``rows(x, *params)`` by autograd
+    through it, itself differentiable (for :func:`softmaxlab.kernels.ops.register_vjp`): the
+    reference's gradient, and second derivative, for a kernel that saves only its input."""
+
+    def vjp(g: torch.Tensor, x: torch.Tensor, *params) -> torch.Tensor:
+        with torch.enable_grad():
+            out = rows(x, *params)
+            (grad,) = torch.autograd.grad(out, x, g.to(out.dtype), create_graph=True)
+        return grad
+
+    return vjp
+
+
 def score_mapping(op: str, z: torch.Tensor, coef: tuple[float, ...], log: bool,
                   reference: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """A score mapping's rows: its fused kernel (``coef``: the polynomial, lowest degree

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from .._registry import Mapping, register
-from ._common import along, log_score_mapping, normalized, score_mapping
+from ..kernels import ops
+from ._common import along, log_score_mapping, normalized, recomputed_vjp, score_mapping
 
 
 def _log_sigsoftmax_score(z: torch.Tensor, _excluded: torch.Tensor) -> torch.Tensor:
@@ -18,9 +19,17 @@ def sigsoftmax_log_score(z: torch.Tensor) -> torch.Tensor:
     return z + F.logsigmoid(z)
 
 
+def _sigsoftmax_rows(z: torch.Tensor, _coef: tuple[float, ...], log: bool) -> torch.Tensor:
+    """The reference rows of the score kernel's call (no coefficients)."""
+    return log_score_mapping(z, _log_sigsoftmax_score, log)
+
+
+ops.register_vjp("sigsoftmax", recomputed_vjp(_sigsoftmax_rows))
+
+
 def _sigsoftmax(x, dim, mask, dtype, log):
     def reference(z):
-        return log_score_mapping(z, _log_sigsoftmax_score, log)
+        return _sigsoftmax_rows(z, (), log)
 
     return along(x, dim, mask, lambda z: score_mapping("sigsoftmax", z, (), log, reference),
                  dtype)

@@ -38,8 +38,13 @@ def _threshold_at(values: torch.Tensor, support: torch.Tensor) -> tuple[torch.Te
 
 
 def _sparsemax_vjp(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Jacobian (symmetric) times ``g``: ``diag(s) - s s^T / |S|``, s = support indicator."""
-    s = (p > 0).to(g.dtype)
+    """Jacobian (symmetric) times ``g``: ``diag(s) - s s^T / |S|``, s = support indicator.
+
+    ``s`` is 1 where ``p > 0`` from ``sign(p)``, whose derivative autograd knows to be 0:
+    the Jacobian is piecewise constant, so the second derivative is exactly 0, and with
+    ``create_graph`` the gradient still has a graph (as torch's ``relu``), not a detached
+    constant."""
+    s = torch.where(p > 0, p.sign(), 0.0).to(g.dtype)
     mean = (g * s).sum(-1, keepdim=True) / s.sum(-1, keepdim=True).clamp(min=1)
     return s * (g - mean)
 
@@ -92,7 +97,8 @@ class _Entmax15(torch.autograd.Function):
         tau = mean - delta.clamp(min=0).sqrt()
         support = (tau <= srt) & finite
         tau_k, k = _threshold_at(tau, support)
-        return (zs - tau_k.masked_fill(k == 0, 0.0)).clamp(min=0).square()
+        # Entries tied at the threshold round tau a hair low; p <= 1 exactly in the math.
+        return (zs - tau_k.masked_fill(k == 0, 0.0)).clamp(min=0).square().clamp(max=1)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -102,14 +108,34 @@ class _Entmax15(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (p,) = ctx.saved_tensors
-        return _entmax_input_grad(g, p.sqrt())
+        return _entmax15_vjp(g, p)
 
 
 class Entmax15Function(_Entmax15):
     @staticmethod
     def jvp(ctx, dz: torch.Tensor):
         (p,) = ctx.saved_tensors
-        return _entmax_input_grad(dz, p.sqrt())
+        return _entmax15_vjp(dz, p)
+
+
+def _entmax15_vjp(g: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Jacobian (symmetric) of 1.5-entmax times ``g``, from its output ``p``."""
+    return _entmax_input_grad(g, support_pow(p, 0.5))
+
+
+def support_pow(p: torch.Tensor, exponent: float | torch.Tensor) -> torch.Tensor:
+    """``p ** exponent`` on the support, 0 where ``p == 0`` (NaN stays NaN), with finite
+    derivatives everywhere: the power of 0 (``0 ** 0.5`` has an infinite derivative, and
+    ``torch.where`` would turn it into ``0 * inf = NaN`` in a second derivative) is never
+    taken."""
+    off = p == 0
+    return torch.where(off, 0.0, torch.where(off, 1.0, p).pow(exponent))
+
+
+def _support_log(p: torch.Tensor) -> torch.Tensor:
+    """``log p`` on the support, 0 where ``p == 0`` (finite derivatives everywhere)."""
+    off = p == 0
+    return torch.where(off, 0.0, torch.where(off, 1.0, p).log())
 
 
 def _entmax_input_grad(g: torch.Tensor, gppr: torch.Tensor) -> torch.Tensor:
@@ -122,24 +148,28 @@ def _entmax_input_grad(g: torch.Tensor, gppr: torch.Tensor) -> torch.Tensor:
     return dz - q * gppr
 
 
-def _xlogx(p: torch.Tensor) -> torch.Tensor:
-    return torch.where(p > 0, p * p.clamp(min=torch.finfo(p.dtype).tiny).log(), 0.0)
-
-
 def _alpha_parts(p: torch.Tensor, alpha: torch.Tensor):
-    """``gppr = p^(2 - alpha)`` on the support and ``dp/dalpha`` (per entry)."""
+    """``gppr = p^(2 - alpha)`` on the support and ``dp/dalpha`` (per entry), as functions
+    of ``(p, alpha)`` that autograd differentiates again (second derivatives in the logits
+    and in alpha; no NaN off the support)."""
     is_one = alpha == 1
     am1 = alpha.masked_fill(is_one, 2.0) - 1
-    gppr = torch.where(p > 0, p.pow(2 - alpha), 0.0)
-    # dp/dalpha = (p - y)/(a-1)^2 - (p log p - y H)/(a-1), y = gppr / sum gppr,
-    # H = sum p log p; at alpha = 1 the limit: p (E_p[log^2 p] - log^2 p) / 2.
+    gppr = support_pow(p, 2 - alpha)
+    # dp/dalpha = F(p, alpha) = (p - y)/(a-1)^2 - (p log p - y H)/(a-1), y = gppr / sum gppr,
+    # H = sum p log p. At alpha = 1 its expansion in (alpha - 1) at fixed p, with l = log p
+    # and m_k = E_p[l^k]: F = p (m_2 - l^2)/2 + (alpha - 1) p ((l^3 - m_3)/6
+    # - m_2 (l - m_1)/2) + O((alpha - 1)^2); the second term is 0 in value and gives the
+    # exact d2p/dalpha2 there.
     total = gppr.sum(-1, keepdim=True)
     y = gppr / total.masked_fill(total == 0, 1.0)
-    plogp = _xlogx(p)
+    logp = _support_log(p)
+    plogp = p * logp
     ent = plogp.sum(-1, keepdim=True)
     dp = (p - y) / am1.square() - (plogp - y * ent) / am1
-    logp_sq = torch.where(p > 0, p.clamp(min=torch.finfo(p.dtype).tiny).log().square(), 0.0)
-    dp_one = p * ((p * logp_sq).sum(-1, keepdim=True) - logp_sq) / 2
+    m2 = (plogp * logp).sum(-1, keepdim=True)
+    m3 = (plogp * logp.square()).sum(-1, keepdim=True)
+    dp_one = p * ((m2 - logp.square()) / 2
+                  + (alpha - 1) * ((logp.pow(3) - m3) / 6 - m2 * (logp - ent) / 2))
     return gppr, torch.where(is_one, dp_one, dp)
 
 
@@ -200,6 +230,11 @@ class EntmaxBisectFunction(_EntmaxBisect):
         gppr, dp_dalpha = _alpha_parts(p, alpha)
         out = _entmax_input_grad(dz, gppr)
         return out if dalpha is None else out + dp_dalpha * dalpha.to(out.dtype)
+
+
+# The sparse kernels' backward under create_graph=True (see kernels/ops.py)
+ops.register_vjp("sparsemax", _sparsemax_vjp)
+ops.register_vjp("entmax15", _entmax15_vjp)
 
 
 def _sparse(op: str, z: torch.Tensor, alpha: float, reference, traced) -> torch.Tensor:
@@ -273,7 +308,8 @@ def entmax(
 
     ``alpha >= 1``: a float, or a tensor broadcastable to ``x`` with size 1 along ``dim``
     (per-row, learnable: the gradient with respect to ``alpha`` is exact, also at 1).
-    ``alpha`` 1 and 2 are computed exactly; other values by ``n_iter`` bisection steps on
+    ``alpha`` 1, 1.5 and 2 are computed exactly (:func:`softmax`, :func:`entmax15`,
+    :func:`sparsemax`); other values by ``n_iter`` bisection steps on
     :math:`\tau`. Shapes, ``dim`` and ``mask`` as in :func:`softmaxlab.softmax`.
 
     Example:
@@ -286,6 +322,8 @@ def entmax(
     if not isinstance(alpha, torch.Tensor):
         if alpha == 1:
             return softmax(x, dim, mask=mask, dtype=dtype)
+        if alpha == 1.5:
+            return entmax15(x, dim, mask=mask, dtype=dtype)
         if alpha == 2:
             return sparsemax(x, dim, mask=mask, dtype=dtype)
         alpha = torch.tensor(float(alpha), dtype=torch.float64)

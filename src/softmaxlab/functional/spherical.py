@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 
 from .._registry import Mapping, positive_real, register
-from ._common import along, log_score_mapping, normalized, safe_where, score_mapping
+from ..kernels import ops
+from ._common import (
+    along,
+    log_score_mapping,
+    normalized,
+    recomputed_vjp,
+    safe_where,
+    score_mapping,
+)
 
 EPS = positive_real("eps", 0.01, tensor=False, valid=(1e-4, 1.0), bad=(0.0, -0.01, "0.01"))
 
@@ -25,13 +33,21 @@ def spherical_log_score(z: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
     return log_spherical_score(z, eps)
 
 
+def _spherical_rows(z: torch.Tensor, coef: tuple[float, ...], log: bool) -> torch.Tensor:
+    """The reference rows of the score kernel's call (``coef = (eps, 0, 1)``)."""
+    return log_score_mapping(z, lambda s, _: log_spherical_score(s, coef[0]), log)
+
+
+ops.register_vjp("spherical_softmax", recomputed_vjp(_spherical_rows))
+
+
 def _spherical(x, dim, eps, mask, dtype, log):
     EPS.validate(eps)
+    coef = (float(eps), 0.0, 1.0)  # z^2 + eps
 
     def reference(z):
-        return log_score_mapping(z, lambda s, _: log_spherical_score(s, eps), log)
+        return _spherical_rows(z, coef, log)
 
-    coef = (float(eps), 0.0, 1.0)  # z^2 + eps
     return along(x, dim, mask,
                  lambda z: score_mapping("spherical_softmax", z, coef, log, reference), dtype)
 

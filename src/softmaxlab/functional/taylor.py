@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
 from .._registry import Mapping, Param, register
-from ._common import along, log_score_mapping, normalized, safe_where, score_mapping
+from ..kernels import ops
+from ._common import (
+    along,
+    log_score_mapping,
+    normalized,
+    recomputed_vjp,
+    safe_where,
+    score_mapping,
+)
 
 ORDER = Param(
     "order",
@@ -47,9 +54,25 @@ def taylor_log_score(z: torch.Tensor, order: int = 2) -> torch.Tensor:
     return log_taylor(z, order)
 
 
-@functools.lru_cache(maxsize=16)
+_COEFFICIENTS: dict[int, tuple[float, ...]] = {}
+
+
 def _coefficients(order: int) -> tuple[float, ...]:
-    return tuple(1 / math.factorial(k) for k in range(order + 1))
+    """``1/k!`` for ``k = 0..order`` (cached in a plain dict, which Dynamo traces; it warns
+    about ``functools.lru_cache``)."""
+    coef = _COEFFICIENTS.get(order)
+    if coef is None:
+        coef = _COEFFICIENTS[order] = tuple(1 / math.factorial(k) for k in range(order + 1))
+    return coef
+
+
+def _taylor_rows(z: torch.Tensor, coef: tuple[float, ...], log: bool) -> torch.Tensor:
+    """The reference rows of the score kernel's call (``coef``: the Taylor coefficients)."""
+    order = len(coef) - 1
+    return log_score_mapping(z, lambda s, _: log_taylor(s, order), log)
+
+
+ops.register_vjp("taylor_softmax", recomputed_vjp(_taylor_rows))
 
 
 def _taylor(x, dim, order, mask, dtype, log):
@@ -57,7 +80,7 @@ def _taylor(x, dim, order, mask, dtype, log):
     coef = _coefficients(order)
 
     def reference(z):
-        return log_score_mapping(z, lambda s, _: log_taylor(s, order), log)
+        return _taylor_rows(z, coef, log)
 
     return along(x, dim, mask, lambda z: score_mapping("taylor_softmax", z, coef, log, reference),
                  dtype)

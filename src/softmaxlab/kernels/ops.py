@@ -25,6 +25,20 @@ itself (the numba kernels in the same pass).
 
 An eager call that needs no autograd graph (inference, ``torch.no_grad``) runs the row
 function directly, without the dispatcher's per-call cost.
+
+Higher-order gradients: autograd runs a backward with grad mode on exactly when its result
+is to be differentiated again (``create_graph=True``: Hessian-vector products, gradient
+penalties, MAML). A backward kernel's result has no graph, so then each family computes its
+gradient with differentiable torch ops instead, and double backward is the reference's:
+
+* ``expnorm``: its backward op, whose own autograd formula is the second derivative;
+* ``sparse``: the reference's vector-Jacobian product of the saved output;
+* ``score``, ``topk``: the reference's gradient, recomputed from the saved input (their
+  kernels save what no formula can differentiate: float64 row statistics).
+
+The reference's formulas come from the functional layer, which registers them with
+:func:`register_vjp` (kernels never import it). ``backward()`` without ``create_graph``, and
+the backward that ``torch.compile`` traces (without grad mode), run the backward kernels.
 """
 
 from __future__ import annotations
@@ -80,6 +94,38 @@ def row_function(kernel: str, name: str) -> Callable:
 
 
 _fn = row_function
+
+#: op -> the reference's vector-Jacobian product in differentiable torch ops, with the
+#: arguments of its family's backward (see :func:`register_vjp`)
+_VJPS: dict[str, Callable[..., Tensor]] = {}
+
+
+def register_vjp(op: str, vjp: Callable[..., Tensor]) -> None:
+    """Register the reference's vector-Jacobian product of ``op`` (a
+    :class:`~softmaxlab.kernels.registry.KernelSpec` op), which a custom op's backward runs
+    instead of its backward kernel when that backward is to be differentiated again.
+
+    Its arguments by family: ``sparse`` ``vjp(g, p)`` (``p`` the output); ``score``
+    ``vjp(g, z, coef, log)``; ``topk`` ``vjp(g, x, idx)`` (``x`` the input, ``idx`` the
+    top-k indices); it returns the input gradient, differentiable in every tensor argument.
+    """
+    _VJPS[op] = vjp
+
+
+def _reference_vjp(kernel: str) -> Callable[..., Tensor]:
+    op = registry.spec(kernel).op
+    vjp = _VJPS.get(op)
+    if vjp is None:
+        raise NotImplementedError(
+            f"create_graph=True through kernel {kernel}: op {op!r} has no differentiable "
+            f"backward registered (softmaxlab.kernels.ops.register_vjp); run it with "
+            f"{registry.ENV_VAR}=reference for higher-order gradients")
+    return vjp
+
+
+#: Whether a backward is to be differentiated again: autograd runs backward functions with
+#: grad mode on exactly under ``create_graph=True``.
+_create_graph = torch.is_grad_enabled
 
 # --------------------------------------------------------------------------- expnorm
 @torch.library.custom_op("softmaxlab::expnorm", mutates_args=())
@@ -184,6 +230,8 @@ def _score_setup(ctx, inputs, output):
 
 def _score_backward(ctx, g, _g_stats):
     z, stats = ctx.saved_tensors
+    if _create_graph():
+        return _reference_vjp(ctx.kernel)(g, z, tuple(ctx.coef), ctx.log), None, None, None
     return score_backward_op(g, z, stats, ctx.coef, ctx.log, ctx.kernel), None, None, None
 
 
@@ -228,6 +276,8 @@ def _sparse_setup(ctx, inputs, output):
 
 def _sparse_backward(ctx, g):
     (p,) = ctx.saved_tensors
+    if _create_graph():
+        return _reference_vjp(ctx.kernel)(g, p), None, None
     return sparse_backward_op(g, p, ctx.alpha, ctx.kernel), None, None
 
 
@@ -279,6 +329,8 @@ def _topk_setup(ctx, inputs, output):
 
 def _topk_backward(ctx, g, _g_idx, _g_stats):
     x, p, idx, stats = ctx.saved_tensors
+    if _create_graph():
+        return _reference_vjp(ctx.kernel)(g, x, idx), None, None
     return topk_backward_op(g, x, p, idx, stats, ctx.kernel), None, None
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 __all__ = ["BACKENDS", "ENV_VAR", "KernelSpec", "available", "backend", "kernel_name", "kernels",
-           "load", "register", "requested_backend", "select", "use"]
+           "load", "register", "requested_backend", "select", "spec", "use"]
 
 ENV_VAR = "SOFTMAXLAB_BACKEND"
 BACKENDS = ("auto", "reference", "cpu", "triton")
@@ -93,6 +93,11 @@ def kernels(op: str | None = None) -> tuple[KernelSpec, ...]:
     if op is not None:
         return tuple(_SPECS.get(op, ()))
     return tuple(s for specs in _SPECS.values() for s in specs)
+
+
+def spec(name: str) -> KernelSpec:
+    """The registered kernel called ``name``."""
+    return _BY_NAME[name]
 
 
 def load(name: str) -> ModuleType:

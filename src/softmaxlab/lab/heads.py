@@ -5,6 +5,13 @@ probabilities fit together. One head per ``softmaxlab.mappings()`` entry (a line
 layer, trained with the mapping's natural loss) and one per margin loss (a
 :class:`softmaxlab.nn.CosineClassifier` output layer, trained with the margin loss, predicting
 with the softmax of the scaled cosines). Nothing else lists mapping names.
+
+A mapping's parameters are part of the head's name, as ``--mappings`` takes them:
+``entmax:alpha=1.3``, ``sparse_softmax:k=5``, ``entmax:alpha=1.3,n_iter=30`` (a ``p=v``
+item after a comma belongs to the mapping before it); values equal to the registry's
+default are left out of the name (``entmax:alpha=1.5`` is ``entmax``). The default
+comparison (``all``) sweeps the parameters of :data:`SWEEPS` instead of training the
+registry default: ``entmax`` at alpha 1.5 would duplicate ``entmax15``.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import torch.nn.functional as F
 from .. import losses as L
 from .._registry import Mapping, get_mapping, mappings
 
-__all__ = ["Head", "heads", "get_head", "parse_heads"]
+__all__ = ["Head", "SWEEPS", "heads", "default_heads", "get_head", "head_name", "order_key",
+           "parse_heads"]
 
 
 def _one_vs_all_bce(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -29,12 +37,19 @@ def _one_vs_all_bce(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(out, onehot, reduction="sum") / out.shape[0]
 
 
-#: Natural loss name (``Mapping.loss``) -> ``loss(mapping) -> (out, target) -> scalar``.
-NATURAL_LOSSES: dict[str, Callable[[Mapping], Callable]] = {
-    "cross_entropy": lambda m: partial(L.cross_entropy, mapping=m.name),
-    "fenchel_young": lambda m: partial(L.fenchel_young_loss, mapping=m.name),
-    "sparse_softmax_loss": lambda m: partial(L.sparse_softmax_loss, **m.defaults),
-    "binary_cross_entropy": lambda m: _one_vs_all_bce,
+#: Natural loss name (``Mapping.loss``) -> ``loss(mapping, params) -> (out, target) -> scalar``.
+NATURAL_LOSSES: dict[str, Callable[[Mapping, dict], Callable]] = {
+    "cross_entropy": lambda m, p: partial(L.cross_entropy, mapping=m.name, **p),
+    "fenchel_young": lambda m, p: partial(L.fenchel_young_loss, mapping=m.name, **p),
+    "sparse_softmax_loss": lambda m, p: partial(L.sparse_softmax_loss, **{**m.defaults, **p}),
+    "binary_cross_entropy": lambda m, p: _one_vs_all_bce,
+}
+
+#: The parameter values ``all`` trains in place of a mapping's registry defaults (each
+#: entry one head); ``k`` values above the number of classes are left out.
+SWEEPS: dict[str, tuple[dict, ...]] = {
+    "entmax": ({"alpha": 1.25}, {"alpha": 1.75}),
+    "sparse_softmax": ({"k": 2}, {"k": 5}),
 }
 
 
@@ -52,6 +67,16 @@ class Head:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     scale: float | None = None
     skip: str | None = None
+    params: tuple[tuple[str, object], ...] = ()  # the mapping's keyword arguments
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.params)
+
+    @property
+    def base(self) -> str:
+        """The name without parameters (the registry's or the margin loss's)."""
+        return self.name.split(":", 1)[0]
 
     @property
     def cosine(self) -> bool:
@@ -67,17 +92,28 @@ class Head:
         return out if self.scale is None else self.scale * out
 
     def probs(self, out: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        return self.mapping.fn(self.logits(out) / temperature, -1)
+        return self.mapping.fn(self.logits(out) / temperature, -1, **self.kwargs)
 
     def log_probs(self, out: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        return self.mapping.log_fn(self.logits(out) / temperature, -1)
+        return self.mapping.log_fn(self.logits(out) / temperature, -1, **self.kwargs)
 
 
-def _mapping_head(m: Mapping) -> Head:
+def head_name(base: str, params: dict) -> str:
+    """``base:p=v,q=w`` (the parameters in the given order), or ``base`` without any."""
+    if not params:
+        return base
+    return base + ":" + ",".join(f"{k}={v!r}" if not isinstance(v, str) else f"{k}={v}"
+                                 for k, v in params.items())
+
+
+def _mapping_head(m: Mapping, params: dict | None = None) -> Head:
+    params = {p.name: params[p.name] for p in m.params
+              if params and p.name in params and params[p.name] != p.default}
+    name = head_name(m.name, params)
     if m.loss is None:
-        return Head(m.name, m, None, skip=f"no natural training loss in the registry; "
-                                         f"{m.name} is {m.summary}")
-    return Head(m.name, m, NATURAL_LOSSES[m.loss](m))
+        return Head(name, m, None, skip=f"no natural training loss in the registry; "
+                                        f"{m.name} is {m.summary}", params=tuple(params.items()))
+    return Head(name, m, NATURAL_LOSSES[m.loss](m, params), params=tuple(params.items()))
 
 
 def _margin_head(name: str, loss: Callable, **kw) -> Head:
@@ -96,19 +132,82 @@ def heads() -> tuple[Head, ...]:
     )
 
 
+def _parse_value(m: Mapping, key: str, text: str, entry: str):
+    """``text`` as the type of ``m``'s parameter ``key``, validated by its ``Param``."""
+    try:
+        param = m.param(key)
+    except KeyError:
+        known = ", ".join(p.name for p in m.params) or "none"
+        raise ValueError(f"--mappings {entry}: {m.name} has no parameter {key!r} "
+                         f"(its parameters: {known})") from None
+    value: object = text
+    if not isinstance(param.default, str):
+        try:
+            value = int(text) if isinstance(param.default, int) else float(text)
+        except ValueError:
+            value = text  # validate() names the type it wants
+    try:
+        return param.validate(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--mappings {entry}: {e}") from None
+
+
 def get_head(name: str) -> Head:
-    """The head called ``name``; a ``ValueError`` lists the valid names otherwise."""
+    """The head called ``name`` (``base`` or ``base:p=v,...``); a ``ValueError`` lists the
+    valid names, or names the bad parameter, otherwise."""
+    base, _, rest = name.partition(":")
     found = {h.name: h for h in heads()}
-    if name not in found:
-        raise ValueError(f"unknown mapping {name!r}; valid names: {', '.join(found)}")
-    return found[name]
+    if base not in found:
+        raise ValueError(f"unknown mapping {base!r}; valid names: {', '.join(found)}")
+    head = found[base]
+    if not rest:
+        return head
+    items = [t.strip() for t in rest.split(",") if t.strip()]
+    if not items or any("=" not in t for t in items):
+        raise ValueError(f"--mappings {name}: give parameters as {base}:name=value")
+    if head.cosine or head.mapping.name != base:
+        raise ValueError(f"--mappings {name}: {base} takes no parameters here")
+    params = {}
+    for item in items:
+        key, _, text = item.partition("=")
+        params[key.strip()] = _parse_value(head.mapping, key.strip(), text.strip(), name)
+    return _mapping_head(head.mapping, params)
+
+
+def default_heads() -> tuple[Head, ...]:
+    """What ``--mappings all`` trains: every head, with :data:`SWEEPS` in place of the
+    registry defaults of the mappings it names."""
+    out = []
+    for h in heads():
+        sweep = SWEEPS.get(h.name) if not h.cosine else None
+        out += [_mapping_head(h.mapping, p) for p in sweep] if sweep else [h]
+    return tuple(out)
 
 
 def parse_heads(spec: str) -> tuple[Head, ...]:
-    """``"all"`` (every head, skipped ones included) or comma-separated names."""
+    """``"all"`` (:func:`default_heads`, skipped ones included) or comma-separated entries
+    ``name`` / ``name:p=v`` (a ``p=v`` after a comma continues the entry before it)."""
     if spec.strip() == "all":
-        return heads()
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    if not names:
+        return default_heads()
+    entries: list[str] = []
+    for token in (t.strip() for t in spec.split(",")):
+        if not token:
+            continue
+        if "=" in token and ":" not in token:
+            if not entries:
+                raise ValueError(f"--mappings: {token!r} must follow a mapping name "
+                                 "(name:param=value)")
+            entries[-1] += "," + token
+        else:
+            entries.append(token)
+    if not entries:
         raise ValueError(f"--mappings must be 'all' or comma-separated names, got {spec!r}")
-    return tuple(get_head(n) for n in dict.fromkeys(names))
+    found = [get_head(e) for e in entries]
+    return tuple({h.name: h for h in found}.values())
+
+
+def order_key(name: str) -> tuple:
+    """Sort key of head names: registry order of the base name, then the parameters."""
+    order = {h.name: i for i, h in enumerate(heads())}
+    base, _, rest = name.partition(":")
+    return order.get(base, len(order)), rest

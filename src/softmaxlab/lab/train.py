@@ -15,24 +15,37 @@ Metrics (on the test split; ``None`` where undefined):
   scaling (``ece_ts``, ``temperature``); ``brier``; ``support`` (mean number of non-zero
   probabilities).
 * cost: ``train_time`` (seconds inside the training steps: forward, loss, backward,
-  optimizer step), ``train_time_per_epoch``, ``wall_time`` (the whole run: data, evaluation,
-  calibration included), ``inference_time_per_example`` (test forward pass and mapping),
-  ``peak_memory_mb`` (CPU: growth of the peak resident set size over the run, Linux
-  ``VmHWM`` reset at the start; CUDA: the allocator's peak).
+  optimizer step), ``train_time_per_epoch`` (the median over epochs of those seconds),
+  ``wall_time`` (the whole run: data, evaluation, calibration included),
+  ``inference_time_per_example`` (forward pass and mapping on up to :data:`INFER_BATCHES`
+  test batches, the median of :data:`INFER_REPEATS` timed passes), ``peak_memory_mb`` (the
+  memory one training step needs: the parameters plus the peak of the tensors allocated
+  during a step from a fresh optimizer, i.e. activations, gradients, Adam's state and the
+  mapping's own tensors; CPU: counted per tensor by
+  :class:`softmaxlab.bench.memory.TensorPeak`, CUDA: the allocator's peak).
+
+Costs are measured fairly: before anything is timed, each run takes one untimed warm-up
+step (forward, loss, backward, optimizer step, then an evaluation forward) on a copy of its
+model, with the random state saved and restored, so that one-time costs (lazy
+initialisation, a kernel's first call: compiling or loading it) are paid there and not by
+whichever run comes first in a worker process; the memory of that step is the one
+reported, a quantity that does not depend on what ran before in the process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
 from .. import calibration as cal
-from ..bench.memory import proc_status_bytes, reset_peak_rss
+from ..bench.memory import TensorPeak
 from .heads import Head, get_head
 from .models import build_model
 
@@ -53,6 +66,8 @@ N_BINS = 15
 TOP_K = 10
 #: Output rows per evaluation batch (a language model's window gives one per token).
 EVAL_ROWS = 1024
+#: Inference time: this many evaluation batches, timed this many times.
+INFER_BATCHES, INFER_REPEATS = 4, 5
 
 
 @dataclass(frozen=True)
@@ -108,25 +123,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class PeakMemory:
-    """Peak memory growth over a block: CUDA allocator peak, or Linux peak RSS growth."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
+def warm_up_step(model, head: Head, dataset, cfg: RunConfig, device: torch.device) -> float:
+    """One untimed training step and one evaluation forward on a copy of ``model`` (the
+    random state saved and restored: the run's numbers do not change); returns the memory
+    of the step in MiB: parameters plus the peak of the tensors allocated during it."""
+    x, y = examples(dataset, "train", cfg.bptt)
+    xb, yb = next(batches(x, y, cfg.batch_size))
+    xb, yb = xb.to(device), yb.to(device)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        twin = copy.deepcopy(model)
+        params = sum(p.numel() * p.element_size() for p in twin.parameters())
+        opt = torch.optim.Adam(twin.parameters(), lr=cfg.lr)
         if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-            self.base = torch.cuda.memory_allocated(device)
+            peak = contextlib.nullcontext()
         else:
-            self.base = reset_peak_rss()
-
-    def peak_mb(self) -> float | None:
-        if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(self.device)
+            peak = TensorPeak()
+        with peak:
+            opt.zero_grad(set_to_none=True)
+            head.loss(twin(xb), yb).backward()
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            step_bytes = torch.cuda.max_memory_allocated(device) - base
         else:
-            peak = proc_status_bytes("VmHWM")
-        if peak is None or self.base is None:
-            return None
-        return max(peak - self.base, 0) / 2**20
+            step_bytes = peak.bytes
+        with torch.no_grad():
+            twin.eval()
+            head.probs(twin(xb))
+        del twin, opt
+    return (params + max(step_bytes, 0)) / 2**20
 
 
 @contextlib.contextmanager
@@ -154,15 +183,10 @@ def evaluate(model, head: Head, inputs, targets, device: torch.device,
     n = correct = 0
     sums = {"nll": 0.0, "brier": 0.0, "support": 0.0, "hr": 0.0, "ndcg": 0.0}
     rel = {t: torch.zeros(3, N_BINS, dtype=torch.float64) for t in ("raw", "ts")}
-    seconds = 0.0
     for x, y in batches(inputs, targets, _eval_batch(targets)):
         x, y = x.to(device), y.to(device)
-        _sync(device)
-        t0 = time.perf_counter()
         out = model(x)
         p = head.probs(out)
-        _sync(device)
-        seconds += time.perf_counter() - t0
         n += len(y)
         correct += int((p.argmax(-1) == y).sum())
         if head.has_log:
@@ -202,12 +226,35 @@ def evaluate(model, head: Head, inputs, targets, device: torch.device,
         "ece_ts": ece["ts"] if temperature is not None else None,
         "brier": sums["brier"] / n,
         "support": sums["support"] / n,
-        "inference_time_per_example": seconds / n,
+        "inference_time_per_example": inference_time(model, head, inputs, targets, device),
         "reliability": {k: {"counts": v[0].tolist(),
                             "confidence": (v[1] / v[0].clamp(min=1)).tolist(),
                             "accuracy": (v[2] / v[0].clamp(min=1)).tolist()}
                         for k, v in rel.items() if k == "raw" or temperature is not None},
     }
+
+
+@torch.no_grad()
+def inference_time(model, head: Head, inputs, targets, device: torch.device) -> float:
+    """Seconds per example of the forward pass and the mapping: the first
+    :data:`INFER_BATCHES` evaluation batches, timed :data:`INFER_REPEATS` times after one
+    untimed pass; the median (a burst of load on a shared machine moves one repetition,
+    not the result)."""
+    model.eval()
+    chunk = [(x.to(device), len(y)) for (x, y), _ in zip(
+        batches(inputs, targets, _eval_batch(targets)), range(INFER_BATCHES), strict=False)]
+    n = sum(k for _, k in chunk)
+    times = []
+    for rep in range(INFER_REPEATS + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        for x, _ in chunk:
+            head.probs(model(x))
+        _sync(device)
+        if rep:
+            times.append(time.perf_counter() - t0)
+    model.train()
+    return statistics.median(times) / n
 
 
 @torch.no_grad()
@@ -227,23 +274,28 @@ def fit_temperature(model, head: Head, inputs, targets, device: torch.device,
             break
     model.train()
     logits, y = torch.cat(outs)[:cap], torch.cat(ys)[:cap]
-    return cal.fit_temperature(logits, y, mapping=head.mapping)
+    params = head.kwargs
+    if "temperature" in params:  # softmax:temperature=T0 predicts softmax(z / (t * T0))
+        logits = logits / params.pop("temperature")
+    return cal.fit_temperature(logits, y, mapping=head.mapping, **params)
 
 
 # --------------------------------------------------------------------------- one run
 
 
-def _train(model, head: Head, dataset, cfg: RunConfig, seed: int, device: torch.device):
-    """Train in place; returns (seconds inside the training steps, learning curve)."""
+def _train(model, head: Head, dataset, cfg: RunConfig, seed: int, device: torch.device,
+           on_epoch=None):
+    """Train in place; returns (seconds inside the training steps of each epoch, learning
+    curve). ``on_epoch(epoch)`` is called after each epoch."""
     x, y = examples(dataset, "train", cfg.bptt)
     vx, vy = examples(dataset, "val", cfg.bptt)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     order = torch.Generator().manual_seed(seed)
     primary = TASK_METRICS[dataset.task][0]
     curve: dict[str, list] = {"train_loss": [], f"val_{primary}": []}
-    step_time = 0.0
+    epoch_times = []
     for epoch in range(1, cfg.epochs + 1):
-        total, steps = 0.0, 0
+        total, steps, step_time = 0.0, 0, 0.0
         for xb, yb in batches(x, y, cfg.batch_size, order):
             xb, yb = xb.to(device), yb.to(device)
             _sync(device)
@@ -258,9 +310,12 @@ def _train(model, head: Head, dataset, cfg: RunConfig, seed: int, device: torch.
             if not math.isfinite(value):
                 raise Diverged(f"training loss is {value} at epoch {epoch}, step {steps + 1}")
             total, steps = total + value, steps + 1
+        epoch_times.append(step_time)
         curve["train_loss"].append(total / steps)
         curve[f"val_{primary}"].append(evaluate(model, head, vx, vy, device, full=False)[primary])
-    return step_time, curve
+        if on_epoch is not None:
+            on_epoch(epoch)
+    return epoch_times, curve
 
 
 @functools.cache
@@ -270,8 +325,9 @@ def warm_up() -> None:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
-def run(dataset, head_name: str, seed: int, cfg: RunConfig) -> dict:
-    """Train and measure ``head_name`` with ``seed``: one results.jsonl record."""
+def run(dataset, head_name: str, seed: int, cfg: RunConfig, on_epoch=None) -> dict:
+    """Train and measure ``head_name`` with ``seed``: one results.jsonl record.
+    ``on_epoch(epoch)`` is called after each training epoch (progress)."""
     warm_up()
     record = {"mapping": head_name, "seed": seed}
     start = time.perf_counter()
@@ -281,22 +337,21 @@ def run(dataset, head_name: str, seed: int, cfg: RunConfig) -> dict:
             raise ValueError(f"{head_name} cannot train a classifier: {head.skip}")
         device = torch.device(cfg.device)
         with single_thread():
-            memory = PeakMemory(device)
             torch.manual_seed(seed)
             model = build_model(cfg.model, dataset, head.cosine).to(device)
-            step_time, curve = _train(model, head, dataset, cfg, seed, device)
+            peak = warm_up_step(model, head, dataset, cfg, device)
+            epoch_times, curve = _train(model, head, dataset, cfg, seed, device, on_epoch)
             vx, vy = examples(dataset, "val", cfg.bptt)
             t = fit_temperature(model, head, vx, vy, device, dataset.n_classes)
             tx, ty = examples(dataset, "test", cfg.bptt)
             metrics = evaluate(model, head, tx, ty, device, t)
             reliability = metrics.pop("reliability")
-            peak = memory.peak_mb()
     except Exception as e:  # noqa: BLE001 - a failing mapping is a result, not a crash
         return {**record, "status": "failed", "reason": f"{type(e).__name__}: {e}"}
     wall = time.perf_counter() - start
-    metrics.update(temperature=t, train_time_per_epoch=step_time / cfg.epochs,
+    metrics.update(temperature=t, train_time_per_epoch=statistics.median(epoch_times),
                    peak_memory_mb=peak)
     metrics = {k: metrics[k] for k in TASK_METRICS[dataset.task]}
-    metrics.update(train_time=step_time, wall_time=wall)
+    metrics.update(train_time=sum(epoch_times), wall_time=wall)
     return {**record, "status": "ok", "metrics": metrics, "curve": curve,
             "reliability": reliability}

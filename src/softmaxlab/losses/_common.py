@@ -13,6 +13,10 @@ ignored gives 0 with zero gradient (torch gives NaN). With probability targets n
 ignored (a class id as ``ignore_index`` raises, as in torch) and the mean divides by the
 number of rows ``M`` (torch's rule).
 
+Result dtype (:func:`loss_dtype`): the input's, or float32 under ``torch.autocast`` (torch's
+policy for its losses: ``F.cross_entropy`` and ``F.nll_loss`` autocast to float32); half
+and bfloat16 inputs are computed in float32 inside either way.
+
 Value checks (a target id out of range, say) run in eager mode only: under
 ``torch.compile`` they are skipped (:func:`checks_values`), as torch's own kernels skip
 them, so that no data-dependent branch breaks the graph.
@@ -52,6 +56,15 @@ class Rows:
     def onehot(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         out = torch.zeros_like(self.logits, dtype=dtype or self.logits.dtype)
         return out.scatter_(-1, self.target[:, None], 1.0)
+
+
+def loss_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of a loss of input ``x``: ``x``'s own, except under ``torch.autocast`` for
+    ``x``'s device type, where it is float32 (float64 stays float64), as
+    ``torch.nn.functional.cross_entropy`` gives (torch's autocast policy for losses)."""
+    if x.dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
+        return torch.float32
+    return x.dtype
 
 
 def check_reduction(reduction: object) -> str:

@@ -17,6 +17,7 @@ from ._common import (
     class_weights,
     eager_cpu_ids,
     logit_rows,
+    loss_dtype,
     nll_loss,
     nll_rows,
     raise_bad_target,
@@ -34,7 +35,9 @@ def log_probs(name: str, logits: torch.Tensor, params: dict) -> torch.Tensor:
 
 
 def _as(loss: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    return loss if loss.dtype == logits.dtype else loss.to(logits.dtype)
+    """``loss`` in the dtype of a loss of ``logits`` (:func:`._common.loss_dtype`)."""
+    dtype = loss_dtype(logits)
+    return loss if loss.dtype == dtype else loss.to(dtype)
 
 
 def cross_entropy(
@@ -105,7 +108,7 @@ def cross_entropy(
     w = class_weights(weight, rows.n_classes, rows.logits)
     logp = log_probs(mapping, rows.logits, mapping_params)
     loss, w_rows = nll_rows(logp, rows, w, label_smoothing)
-    return reduce(loss, w_rows, rows.batch_shape, reduction).to(logits.dtype)
+    return _as(reduce(loss, w_rows, rows.batch_shape, reduction), logits)
 
 
 def soft_margin_loss(
@@ -134,14 +137,22 @@ def soft_margin_loss(
         >>> soft_margin_loss(z, t, margin=1.0) > cross_entropy(z, t)
         tensor(True)
     """
+    return _as(soft_margin_rows(logits, target, margin=margin, mapping=mapping, weight=weight,
+                                ignore_index=ignore_index, reduction=reduction,
+                                label_smoothing=label_smoothing, **mapping_params), logits)
+
+
+def soft_margin_rows(logits: torch.Tensor, target: torch.Tensor, *, margin: float,
+                     mapping: str, ignore_index: int, reduction: str, **options
+                     ) -> torch.Tensor:
+    """:func:`soft_margin_loss` in the compute dtype (float32 for half logits)."""
     if mapping not in ("softmax", "taylor_softmax"):
         raise ValueError(f"mapping must be 'softmax' or 'taylor_softmax', got {mapping!r}")
     m = check_real("margin", margin, low=0.0)
     rows = as_rows(logits, target, ignore_index)
     shifted = rows.logits - m * (rows.onehot() * rows.keep[:, None])
-    return rows_cross_entropy(rows, shifted, mapping=mapping, weight=weight,
-                              ignore_index=ignore_index, reduction=reduction,
-                              label_smoothing=label_smoothing, **mapping_params)
+    return rows_cross_entropy(rows, shifted, mapping=mapping, ignore_index=ignore_index,
+                              reduction=reduction, **options)
 
 
 def rows_cross_entropy(rows, logits: torch.Tensor, *, ignore_index: int, reduction: str,
@@ -189,4 +200,4 @@ def sparse_softmax_loss(
     lse = top.logsumexp(-1)
     outside = ~(idx == rows.target[:, None]).any(-1)
     lse = torch.where(outside, torch.logaddexp(lse, zt), lse)
-    return weighted_reduce(lse - zt, w, rows, reduction).to(logits.dtype)
+    return _as(weighted_reduce(lse - zt, w, rows, reduction), logits)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import torch
 
@@ -12,6 +13,7 @@ from ._common import (
     check_label_smoothing,
     check_reduction,
     class_weights,
+    loss_dtype,
     weighted_reduce,
 )
 
@@ -35,20 +37,35 @@ def tsallis_entropy(p: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tenso
     return torch.where(is_one, shannon, tsallis)[..., 0]
 
 
+@dataclass(frozen=True)
+class _Options:
+    mapping: str
+    params: tuple  # the mapping's keyword arguments, as sorted (name, value) pairs
+    alpha: float
+
+
 class _FenchelYoung(torch.autograd.Function):
-    """Per-row loss <z, p - q> + H(p) - H(q) with gradient p - q (p = the mapping of z)."""
+    """Per-row loss <z, p - q> + H(p) - H(q) with gradient p - q (p = the mapping of z).
+
+    The second derivative is the mapping's Jacobian: under ``create_graph=True`` the
+    backward recomputes ``p`` from ``z`` with autograd (the mapping's own exact, twice
+    differentiable gradient), so that the gradient ``p - q`` has a graph; a plain backward
+    uses the ``p - q`` of the forward."""
 
     @staticmethod
-    def forward(ctx, z, q, p, alpha):
+    def forward(ctx, z, q, p, opts: _Options):
         diff = p - q
         inner = torch.where(diff != 0, z * diff, 0.0).sum(-1)  # -inf logits have p = q = 0
-        loss = inner + tsallis_entropy(p, alpha) - tsallis_entropy(q, alpha)
-        ctx.save_for_backward(diff)
+        loss = inner + tsallis_entropy(p, opts.alpha) - tsallis_entropy(q, opts.alpha)
+        ctx.opts = opts
+        ctx.save_for_backward(z, q, diff)
         return loss
 
     @staticmethod
     def backward(ctx, g):
-        (diff,) = ctx.saved_tensors
+        z, q, diff = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: p - q as a function of z
+            diff = get_mapping(ctx.opts.mapping).fn(z, -1, **dict(ctx.opts.params)) - q
         return g[:, None] * diff, None, None, None
 
 
@@ -105,5 +122,6 @@ def fenchel_young_loss(
     q = rows.onehot() if rows.probs is None else rows.probs
     if label_smoothing > 0:
         q = (1 - label_smoothing) * q + label_smoothing / rows.n_classes
-    loss = _FenchelYoung.apply(z, q, p, alpha)
-    return weighted_reduce(loss, w, rows, reduction).to(logits.dtype)
+    opts = _Options(mapping, tuple(sorted(mapping_params.items())), alpha)
+    loss = _FenchelYoung.apply(z, q, p, opts)
+    return weighted_reduce(loss, w, rows, reduction).to(loss_dtype(logits))

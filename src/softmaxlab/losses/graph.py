@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_input, check_real, checks_values
-from ._common import check_reduction
+from ..functional._common import compute
+from ._common import check_reduction, loss_dtype
 
 
 def _edges(graph, n: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,8 +77,9 @@ def graph_tv_penalty(
     reduction = check_reduction(reduction)
     if probs.dim() < 1:
         raise ValueError("probs must have a class dimension")
-    src, dst, w = _edges(graph, probs.shape[-1], probs)
-    per_row = lam * ((probs[..., src] - probs[..., dst]).abs() * w).sum(-1)
-    if reduction == "none":
-        return per_row
-    return per_row.sum() if reduction == "sum" else per_row.mean()
+    p = compute(probs)  # float32 for half types
+    src, dst, w = _edges(graph, p.shape[-1], p)
+    per_row = lam * ((p[..., src] - p[..., dst]).abs() * w).sum(-1)
+    if reduction != "none":
+        per_row = per_row.sum() if reduction == "sum" else per_row.mean()
+    return per_row.to(loss_dtype(probs))

@@ -16,6 +16,7 @@ from ._common import (
     check_reduction,
     check_target,
     class_weights,
+    loss_dtype,
     nll_rows,
 )
 from .cross_entropy import log_probs
@@ -76,14 +77,20 @@ def _chunk_loss(h, w, b, t, keep, cw, opts: _Options):
                     opts.label_smoothing)[0]
 
 
+def _chunk_losses(h, w, b, t, keep, cw, opts: _Options):
+    """Per-row losses of every chunk as plain differentiable ops (all logits kept)."""
+    cs = opts.chunk_size
+    return torch.cat([_chunk_loss(h[s:s + cs], w, b, t[s:s + cs], keep[s:s + cs], cw, opts)
+                      for s in range(0, h.shape[0], cs)])
+
+
 def _compiled(h, w, b, t, keep, cw, denom, opts: _Options):
     """What ``torch.compile`` traces instead of :class:`_LinearCrossEntropy` (whose
     per-chunk ``torch.autograd.grad`` dynamo cannot trace): the same chunks, each under
     ``torch.utils.checkpoint`` so its logits are recomputed in backward, not kept."""
     n, cs = h.shape[0], opts.chunk_size
     if torch.compiler.is_exporting():  # an exported program is a forward: no recompute
-        loss = torch.cat([_chunk_loss(h[s:s + cs], w, b, t[s:s + cs], keep[s:s + cs], cw, opts)
-                          for s in range(0, n, cs)])
+        loss = _chunk_losses(h, w, b, t, keep, cw, opts)
     else:
         loss = torch.cat([
             torch.utils.checkpoint.checkpoint(_chunk_loss, h[s:s + cs], w, b, t[s:s + cs],
@@ -118,7 +125,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     For ``mean``/``sum`` the gradients are computed during the forward pass (the three
     matrix products, one pass over the chunks) and only scaled in backward; for ``none``
-    the backward recomputes each chunk with the incoming per-row gradients.
+    the backward recomputes each chunk with the incoming per-row gradients. Under
+    ``create_graph=True`` (a second derivative) the backward is autograd through the
+    chunks' losses in plain ops (:func:`_differentiable_grads`): exact, and as large as the
+    naive form (all logits kept for the double backward).
     """
 
     @staticmethod
@@ -140,22 +150,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if eager:
                 _add_grads(g, h[sl], w, sl, gh, gw, gb)
         ctx.opts, ctx.eager = opts, eager
-        if eager:
-            ctx.save_for_backward(gh, gw.to(w.dtype), None if b is None or gb is None
-                                  else gb.to(b.dtype))
-            return loss.sum() / denom
-        ctx.save_for_backward(h, w, b, t, keep, cw)
+        grads = (gh, gw.to(w.dtype), None if b is None or gb is None else gb.to(b.dtype)
+                 ) if eager else (None, None, None)
+        ctx.save_for_backward(h, w, b, t, keep, cw, denom, *grads)
         return loss if opts.reduction == "none" else loss.sum() / denom
 
     @staticmethod
     def backward(ctx, g):
+        h, w, b, t, keep, cw, _denom, *grads = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that has a graph
+            return *_differentiable_grads(ctx, g), *([None] * 5)
         if ctx.eager:
-            grads = ctx.saved_tensors
             # loss.backward() (eager): hand over the saved gradients, no copy; under
             # torch.compile always scale (no data-dependent branch)
             one = checks_values() and bool(g == 1)
             return *(x if x is None or one else x * g for x in grads), *([None] * 5)
-        h, w, b, t, keep, cw = ctx.saved_tensors
         opts, n, cs = ctx.opts, h.shape[0], ctx.opts.chunk_size
         acc = torch.float32 if h.dtype in LOW_PRECISION else h.dtype
         fast = _chunk_kernel(opts)
@@ -169,6 +178,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
             _add_grads(g_c, h[sl], w, sl, gh, gw, gb)
         return (gh, gw.to(w.dtype), None if b is None or gb is None else gb.to(b.dtype),
                 *([None] * 5))
+
+
+def _differentiable_grads(ctx, g):
+    """The input gradients of :class:`_LinearCrossEntropy` by autograd through the chunks'
+    losses in plain ops, differentiable again."""
+    h, w, b, t, keep, cw, denom = ctx.saved_tensors[:7]
+    wanted = [x is not None and n for x, n in zip((h, w, b), ctx.needs_input_grad[:3],
+                                                     strict=True)]
+    with torch.enable_grad():
+        loss = _chunk_losses(h, w, b, t, keep, cw, ctx.opts)
+        total = (loss * g).sum() if ctx.opts.reduction == "none" else loss.sum() / denom * g
+        grads = iter(torch.autograd.grad(
+            total, [x for x, k in zip((h, w, b), wanted, strict=True) if k], create_graph=True))
+    return tuple(next(grads) if k else None for k in wanted)
 
 
 def linear_cross_entropy(
@@ -202,6 +225,9 @@ def linear_cross_entropy(
         class_weight: per-class weights ``(V,)`` (torch's ``weight``; renamed because
             ``weight`` is the output projection here).
 
+    Under ``torch.autocast`` ``hidden`` and ``weight`` are cast to its dtype (as the matmul
+    ``hidden @ weight.T`` would be) and the loss is float32 (as ``F.cross_entropy``'s).
+
     Example:
         >>> h = torch.randn(6, 4); w = torch.randn(5, 4); t = torch.tensor([0, 1, 2, 3, 4, 0])
         >>> a = linear_cross_entropy(h, w, t, chunk_size=4)
@@ -222,6 +248,11 @@ def linear_cross_entropy(
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     reduction = check_reduction(reduction)
     label_smoothing = check_label_smoothing(label_smoothing)
+    out_dtype = loss_dtype(hidden)
+    if torch.is_autocast_enabled(hidden.device.type):
+        # torch.autocast: the logits hidden @ weight.T in its dtype (torch's policy for a
+        # matmul), the loss in float32 (its policy for cross-entropy)
+        hidden, weight = _autocast_inputs(hidden, weight)
     v = weight.shape[0]
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size)
@@ -238,7 +269,7 @@ def linear_cross_entropy(
             h, weight, bias, t, keep, cw, reduction=reduction, label_smoothing=label_smoothing,
             temperature=mapping_params.get("temperature", 1.0), chunk_size=chunk_size)
         out = out.reshape(target.shape) if reduction == "none" else out
-        return out.to(hidden.dtype)
+        return out.to(out_dtype)
     w_rows = (torch.ones(t.shape, dtype=acc, device=h.device) if cw is None else cw[t]) * keep
     denom = w_rows.sum() if reduction == "mean" else torch.ones((), dtype=acc, device=h.device)
     denom = torch.where(denom != 0, denom, torch.ones_like(denom))
@@ -248,4 +279,12 @@ def linear_cross_entropy(
     apply = _compiled if torch.compiler.is_compiling() else _LinearCrossEntropy.apply
     out = apply(h, weight, bias, t, keep, cw, denom, opts)
     out = out.reshape(target.shape) if reduction == "none" else out
-    return out.to(hidden.dtype)
+    return out.to(out_dtype)
+
+
+def _autocast_inputs(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """``tensors`` as ``torch.autocast`` casts a matmul's inputs on their device: floating
+    tensors other than float64 to its dtype."""
+    dtype = torch.get_autocast_dtype(tensors[0].device.type)
+    return [t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+            for t in tensors]

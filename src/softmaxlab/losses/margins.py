@@ -13,9 +13,10 @@ from ._common import (
     check_label_smoothing,
     check_reduction,
     class_weights,
+    loss_dtype,
     weighted_reduce,
 )
-from .cross_entropy import rows_cross_entropy, soft_margin_loss
+from .cross_entropy import rows_cross_entropy, soft_margin_rows
 
 
 def _check_cosine(rows) -> None:
@@ -70,7 +71,7 @@ def am_softmax_loss(
         shifted = s * (rows.logits - m * rows.onehot())
         return rows_cross_entropy(rows, shifted, weight=weight, ignore_index=ignore_index,
                                   reduction=reduction, label_smoothing=label_smoothing,
-                                  ).to(cosine.dtype)
+                                  ).to(loss_dtype(cosine))
     if check_label_smoothing(label_smoothing) > 0:
         raise ValueError("label_smoothing is not defined for real=True")
     c = rows.logits
@@ -80,7 +81,7 @@ def am_softmax_loss(
     # log(1 + sum_{j != y} e^{gap_j}) = logsumexp over [0, gap_{j != y}]
     loss = torch.cat([torch.zeros_like(cy), others], -1).logsumexp(-1)
     w = class_weights(weight, rows.n_classes, rows.logits)
-    return weighted_reduce(loss, w, rows, reduction).to(cosine.dtype)
+    return weighted_reduce(loss, w, rows, reduction).to(loss_dtype(cosine))
 
 
 def arcface_loss(
@@ -126,7 +127,7 @@ def arcface_loss(
     logits = s * torch.where(onehot, phi, c)
     return rows_cross_entropy(rows, logits, weight=weight, ignore_index=ignore_index,
                               reduction=reduction, label_smoothing=label_smoothing,
-                              ).to(cosine.dtype)
+                              ).to(loss_dtype(cosine))
 
 
 def hsic(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -182,16 +183,19 @@ def ensemble_soft_margin_loss(
     lam = check_real("diversity", diversity, low=0.0)
     reduction = check_reduction(reduction)
     members = [
-        soft_margin_loss(z, target, margin=margin, weight=weight, ignore_index=ignore_index,
-                         reduction=reduction)
+        soft_margin_rows(z, target, margin=margin, mapping="softmax", weight=weight,
+                         ignore_index=ignore_index, reduction=reduction)
         for z in logits_list
     ]
     loss = torch.stack(members).mean(0)
     k = len(logits_list)
+    dtype = loss_dtype(logits_list[0])
     if reduction == "none" or k < 2 or lam == 0:
-        return loss
+        return loss.to(dtype)
     rows = [as_rows(z, target, ignore_index) for z in logits_list]
     keep = rows[0].keep
-    pairs = [hsic(rows[i].logits, rows[j].logits, keep)
-             for i in range(k) for j in range(i + 1, k)]
-    return loss + lam * torch.stack(pairs).mean().to(loss.dtype)
+    # a loss is a float32 op under torch.autocast (as F.cross_entropy): its matmuls too
+    with torch.autocast(keep.device.type, enabled=False):
+        pairs = [hsic(rows[i].logits, rows[j].logits, keep)
+                 for i in range(k) for j in range(i + 1, k)]
+    return (loss + lam * torch.stack(pairs).mean().to(loss.dtype)).to(dtype)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_input, check_int
-from ._common import check_reduction, check_target, reduce
+from ..functional._common import compute
+from ._common import check_reduction, check_target, loss_dtype, reduce
 
 NEG_INF = float("-inf")
 
@@ -95,6 +96,8 @@ def _candidate_logits(hidden, weight, target, bias, num_sampled, noise, samples,
     sampled = hidden @ weight[samples].T
     if bias is not None:
         true, sampled = true + bias[t], sampled + bias[samples]
+    # the loss in float32 for half types (also where torch.autocast made the matmul one)
+    true, sampled = compute(true), compute(sampled)
     true = true - noise.log_expected_count(t, num).to(true.dtype)
     sampled = sampled - noise.log_expected_count(samples, num).to(sampled.dtype)
     if remove_accidental_hits:
@@ -148,7 +151,7 @@ def sampled_softmax_loss(
                                             samples, remove_accidental_hits, generator,
                                             ignore_index)
     loss = torch.cat([true[:, None], sampled], -1).logsumexp(-1) - true
-    return _reduce_rows(loss, keep, reduction)
+    return _reduce_rows(loss, keep, reduction).to(loss_dtype(hidden))
 
 
 def nce_loss(
@@ -183,4 +186,4 @@ def nce_loss(
                                             samples, remove_accidental_hits, generator,
                                             ignore_index)
     loss = F.softplus(-true) + F.softplus(sampled).sum(-1)
-    return _reduce_rows(loss, keep, reduction)
+    return _reduce_rows(loss, keep, reduction).to(loss_dtype(hidden))

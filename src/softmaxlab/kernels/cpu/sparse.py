@@ -159,7 +159,7 @@ def _forward(x, out, entmax, newton_steps, buf, claims):
             tau = F32(_entmax15_tau(buf, c, newton_steps) if entmax else _sparsemax_tau(buf, c))
             for j in range(n):
                 a = max((r[j] - m) * scale - tau, F32(0.0))
-                o[j] = a * a if entmax else a
+                o[j] = min(a * a, F32(1.0)) if entmax else a  # ties round tau low
 
 
 @row_kernel

@@ -24,6 +24,10 @@ With logits :math:`z = (h W^\top + b) / T` (``h`` ``(N, d)``, ``W`` ``(V, d)``),
    and ``grad_W[c] = dlogits^T @ h`` (written once, fp32 accumulation inside cuBLAS; an fp32
    ``(Vc, d)`` accumulator only when rows are blocked).
 
+Under ``create_graph=True`` (a second derivative) the backward is instead the same loss in
+differentiable torch ops over the whole ``N x V`` logits (:func:`_differentiable_grads`):
+exact, and as large as the naive form.
+
 So grad_W is rounded once, as in the naive form, and no ``(V, d)`` fp32 accumulator exists.
 For fp16/bf16 the ``(N, d)`` fp32 grad_h accumulator is kept in the last ``2N`` rows of grad_W,
 not yet written (those vocabulary rows are processed last, then recomputed once more for their
@@ -51,6 +55,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -375,6 +380,8 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, g):
         h, w, b, t, keep, cw, lse, denom = ctx.saved_tensors
         opts = ctx.opts
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that has a graph
+            return (*_differentiable_grads(ctx, g), None, None, None, None)
         acc = L.acc_dtype(h)
         _wy, cp, ct, _ = _row_coefficients(t, keep, cw, w.shape[0], opts.label_smoothing, acc)
         g = g.to(acc)
@@ -383,6 +390,26 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
                  b is not None and ctx.needs_input_grad[2])
         gh, gw, gb = backward_grads(h, w, b, t, cw, lse, cp, ct, rs.contiguous(), opts, needs)
         return gh, gw, gb, None, None, None, None
+
+
+def _differentiable_grads(ctx, g):
+    """The input gradients of :class:`LinearCrossEntropyFunction` by autograd through the
+    same loss in torch ops (``F.cross_entropy`` of the full logits: the same definition of
+    class weights and label smoothing), differentiable again."""
+    h, w, b, t, keep, cw, _lse, denom = ctx.saved_tensors
+    opts = ctx.opts
+    needed = [x for x, n in zip((h, w, b), ctx.needs_input_grad[:3], strict=True)
+              if x is not None and n]
+    with torch.enable_grad():
+        z = (h @ w.T).to(L.acc_dtype(h))
+        z = (z if b is None else z + b.to(z.dtype)) * opts.inv_t
+        rows = F.cross_entropy(z, t, weight=cw, reduction="none",
+                               label_smoothing=opts.label_smoothing)
+        rows = torch.where(keep, rows, torch.zeros((), dtype=rows.dtype, device=rows.device))
+        total = (rows * g).sum() if opts.reduction == "none" else rows.sum() / denom * g
+        grads = iter(torch.autograd.grad(total, needed, create_graph=True))
+    return [next(grads) if x is not None and n else None
+            for x, n in zip((h, w, b), ctx.needs_input_grad[:3], strict=True)]
 
 
 def linear_ce(h, w, b, t, keep, cw, *, reduction: str, label_smoothing: float,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +22,20 @@ TEXT_VAL_FRACTION = TEXT_TEST_FRACTION = 0.05
 #: Default vocabulary cap (including ``<unk>`` and ``<eos>``) for word-level corpora.
 VOCAB_SIZE = 10_000
 UNK, EOS = "<unk>", "<eos>"
+
+
+def install_command(command: str) -> str:
+    """``command`` as it must be typed for this environment: a ``pip install`` goes to the
+    Python running softmaxlab (``.venv/bin/python -m pip install ...``), not whichever
+    ``pip`` comes first on the PATH; other commands (``apt-get``) stay as they are."""
+    if not command.startswith("pip "):
+        return command
+    python = Path(sys.executable)
+    try:
+        shown = str(python.relative_to(Path.cwd()))
+    except ValueError:
+        shown = str(python)
+    return f"{shown} -m {command}"
 
 
 class DatasetUnavailable(ValueError):
@@ -63,6 +79,21 @@ class Dataset:
         """Rows (or tokens) in train, val and test."""
         return len(self.train), len(self.val), len(self.test)
 
+    def content_sha256(self) -> str:
+        """SHA-256 of what a model sees: each split's tensors (dtype, shape and bytes, in
+        order) and ``n_classes``. An edited data file, another split or another ``limit``
+        changes it; the same data read again gives the same digest."""
+        h = hashlib.sha256(f"{self.task}/{self.n_classes}".encode())
+        for split in (self.train, self.val, self.test):
+            for t in (split.x, split.y):
+                if t is None:
+                    h.update(b"none")
+                    continue
+                t = t.detach().cpu().contiguous()
+                h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()
+
 
 Reader = Callable[..., Dataset]
 
@@ -94,7 +125,8 @@ class DatasetSpec:
         path = Path(root) if root is not None else self.locate()
         if path is None:
             raise DatasetUnavailable(
-                f"dataset {self.name!r} is not installed here; install it with: {self.install}")
+                f"dataset {self.name!r} is not installed here; install it with: "
+                f"{install_command(self.install)}")
         if not path.exists():
             raise ValueError(f"dataset {self.name!r}: {path} does not exist")
         return self.read(path, seed=seed, limit=limit)

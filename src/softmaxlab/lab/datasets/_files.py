@@ -13,6 +13,7 @@ from ._core import (
     Dataset,
     DatasetUnavailable,
     classification,
+    install_command,
     language_model,
     lines_to_tokens,
     split_by_position,
@@ -134,14 +135,15 @@ def read_parquet(path: Path, *, seed: int, limit: int | None, label: str = "labe
             frame = pd.read_parquet(path)
         except ImportError as e:
             raise DatasetUnavailable(f"{path}: reading Parquet needs pyarrow: "
-                                     f"pip install pyarrow ({e})") from None
+                                     f"{install_command('pip install pyarrow')} ({e})"
+                                     ) from None
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
         header = [str(c) for c in frame.columns]
         columns = [frame[c].tolist() for c in frame.columns]
     else:
         raise DatasetUnavailable(f"{path}: reading Parquet needs pyarrow or pandas: "
-                                 "pip install pyarrow")
+                                 f"{install_command('pip install pyarrow')}")
     if not columns or not columns[0]:
         raise ValueError(f"{path}: no rows")
     x, y, features = _table(path, header, columns, label, lambda k: f"row {k}")

@@ -27,6 +27,7 @@ def _sizes(ds) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..._text import table
     from . import datasets, get_dataset, load
+    from ._core import install_command
 
     builtin = {s.name for s in datasets()}
     specs = [get_dataset(n) for n in args.names if n in builtin] if args.names else datasets()
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     for spec in specs:
         if not spec.available():
             rows.append([spec.name, spec.task, spec.size, "-", "no", spec.description,
-                         spec.install])
+                         install_command(spec.install)])
         elif args.no_load:
             rows.append([spec.name, spec.task, spec.size, "-", "yes", spec.description, ""])
         else:
