@@ -9,6 +9,7 @@ the tests' measure of communication volume) and a DTensor input is unwrapped in 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +24,10 @@ __all__ = ["Comm", "Shard", "Traffic", "count_traffic", "resolve_group", "vocab_
 class Traffic:
     """The collectives issued inside a :func:`count_traffic` block, one
     ``(op, dtype, numel)`` per call; ``numel`` is the input tensor's (for ``all_gather``
-    the one tensor each rank contributes)."""
+    the one tensor each rank contributes), and the wall time spent inside them."""
 
     calls: list[tuple[str, torch.dtype, int]] = field(default_factory=list)
+    seconds: float = 0.0
 
     @property
     def collectives(self) -> int:
@@ -72,9 +74,17 @@ def count_traffic() -> Iterator[Traffic]:
         _COUNTERS.remove(traffic)
 
 
-def _record(op: str, t: torch.Tensor) -> None:
+@contextlib.contextmanager
+def _record(op: str, t: torch.Tensor) -> Iterator[None]:
+    if not _COUNTERS:
+        yield
+        return
+    start = time.perf_counter()
+    yield
+    took = time.perf_counter() - start
     for traffic in _COUNTERS:
         traffic.calls.append((op, t.dtype, t.numel()))
+        traffic.seconds += took
 
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
@@ -88,16 +98,16 @@ class Comm:
 
     def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """``t`` reduced over the group (in place; ``t`` must be contiguous)."""
-        _record("all_reduce", t)
-        dist.all_reduce(t, op=_OPS[op], group=self.group)
+        with _record("all_reduce", t):
+            dist.all_reduce(t, op=_OPS[op], group=self.group)
         return t
 
     def all_gather(self, t: torch.Tensor) -> torch.Tensor:
         """Every rank's ``t`` stacked: ``(world, *t.shape)``."""
-        _record("all_gather", t)
         t = t.contiguous()
         out = [torch.empty_like(t) for _ in range(self.world)]
-        dist.all_gather(out, t, group=self.group)
+        with _record("all_gather", t):
+            dist.all_gather(out, t, group=self.group)
         return torch.stack(out)
 
 
