@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from . import datasets, options, outputs, results
-from .executor import emit, executor
+from .executor import EXECUTORS, emit
+from .executor import executor as make_executor
 from .heads import parse_heads
 from .models import build_model, check_model
 from .train import RunConfig, run
@@ -72,7 +73,8 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
             limit: int | None = None, lr: float = RunConfig.lr,
             batch_size: int = RunConfig.batch_size, device: str = RunConfig.device,
             label: str | None = None, progress: bool = True, force: bool = False,
-            shuffle: bool = True, goal: str = "accuracy") -> Path:
+            shuffle: bool = True, goal: str = "accuracy", executor: str = "local",
+            address: str | None = None) -> Path:
     """Run every missing ``(mapping, seed)`` of the comparison and render the report.
 
     ``dataset`` is a name or path for ``softmaxlab.lab.datasets.load`` (split seed 0) or a
@@ -81,8 +83,9 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
     (:mod:`.outputs`); ``force`` deletes the results already in ``out`` and starts fresh.
     The runs go in a seeded random order (``shuffle=False``: mapping by mapping, as given),
     so that no mapping is always first in a worker. ``goal`` (accuracy, calibration,
-    sparsity, speed) is what the report's recommendation optimises. Returns the run
-    directory.
+    sparsity, speed) is what the report's recommendation optimises. ``executor="ray"`` runs
+    the trainings as Ray tasks (at most ``jobs`` at once) on the cluster at ``address``, or
+    on a local Ray of ``jobs`` CPUs; the records are the same. Returns the run directory.
     """
     from .report import OUTPUT_NAMES, render  # Matplotlib: the lab extra
 
@@ -97,6 +100,7 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
         limit = options.check_positive_int("--limit", limit)
     options.check_device(device)
     options.check_goal(goal)
+    options.check_executor(executor, address)
     if out is not None:
         out = outputs.prepare(out)
     if isinstance(dataset, (str, Path)):
@@ -129,12 +133,13 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
     jobs = max(1, min(jobs, len(tasks)))
     train_time = 0.0
     with Progress(tasks, epochs, jobs, progress) as bar:
-        for _, record in executor(jobs).map(_run_task, (dataset, cfg), tasks,
-                                            on_event=bar.epoch if progress else None):
+        for _, record in make_executor(jobs, executor, address).map(
+                _run_task, (dataset, cfg), tasks, on_event=bar.epoch if progress else None):
             results.append(out, {"kind": "run", **record, "config": config})
             train_time += record["metrics"]["train_time"] if record["status"] == "ok" else 0.0
             bar.finished(record)
     results.append(out, {"kind": "session", "runs": len(tasks), "jobs": jobs,
+                         "executor": executor,
                          "wall_time": time.perf_counter() - start, "train_time": train_time,
                          "goal": goal})
     render(out, goal)
@@ -274,7 +279,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       epochs=args.epochs, model=args.model, jobs=args.jobs, out=args.out,
                       limit=args.limit, lr=args.lr, batch_size=args.batch_size,
                       device=args.device, label=args.label, force=args.force,
-                      goal=args.goal)
+                      goal=args.goal, executor=args.executor, address=args.address)
     except KeyboardInterrupt:
         print("\ninterrupted: every finished run is kept; rerun the same command to resume",
               file=sys.stderr)
@@ -321,6 +326,15 @@ def register(subparsers) -> None:
     p.add_argument("--jobs", type=_int("--jobs"), default=os.cpu_count() or 1,
                    help="parallel runs; 1 runs in this process (default: CPU count, "
                         "%(default)s)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="where the runs train: local processes, or ray (Ray tasks of one CPU, "
+                        "at most --jobs at once, on a local Ray of --jobs CPUs or the cluster "
+                        "at --address; needs pip install \"softmaxlab[ray]\") "
+                        "(default %(default)s)")
+    p.add_argument("--address", default=None,
+                   help="with --executor ray: the Ray cluster (auto, host:port, "
+                        "ray://host:port; softmaxlab installed on its nodes); default: start "
+                        "a local Ray")
     p.add_argument("--out", default=None,
                    help="run directory (default runs/compare-DATASET); rerunning the same "
                         "command resumes there; files softmaxlab did not write are never "
