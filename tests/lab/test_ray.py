@@ -1,9 +1,14 @@
 """The Ray executor and ``softmaxlab sweep``: the same records as the local executor, on a
-local Ray of 2 CPUs shared by the module's tests."""
+local Ray of 2 CPUs shared by the module's tests; a sweep killed with SIGKILL resumes."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -16,6 +21,7 @@ from softmaxlab.cli import main
 from softmaxlab.lab import results
 from softmaxlab.lab.compare import compare
 from softmaxlab.lab.executor import RayTasks, emit
+from softmaxlab.lab.sweep import BEST, sweep
 
 #: Metrics that measure time: the only ones allowed to differ between executors.
 TIMES = {"train_time", "train_time_per_epoch", "wall_time", "inference_time_per_example"}
@@ -82,3 +88,117 @@ def test_compare_on_ray_resumes_and_shows_progress(local_ray, tmp_path, capsys):
     assert lines[:len(first)] == first
     runs = [json.loads(line) for line in lines if json.loads(line)["kind"] == "run"]
     assert sorted((r["mapping"], r["seed"]) for r in runs) == [("softmax", 0), ("softmax", 1)]
+
+
+# ------------------------------------------------------------------------------- sweep
+
+
+def _trials(directory) -> dict:
+    return {r["trial"]: r for r in results.read(directory) if "trial" in r}
+
+
+def test_sweep_writes_a_record_per_trial_and_the_best_config(local_ray, tmp_path, capsys):
+    out = sweep("entmax", ["alpha=1.1:2.0"], samples=3, epochs=2, limit=200, jobs=2,
+                out=tmp_path / "sweep", reduction_factor=2.0)
+    trials = _trials(out)
+    assert len(trials) == 3
+    finished = [r for r in trials.values() if r["kind"] == "run"]
+    stopped = [r for r in trials.values() if r["kind"] == "stopped"]
+    assert finished and len(finished) + len(stopped) == 3
+    compare_keys = set(_runs(compare(out=tmp_path / "compare", **SMALL))[("softmax", 0)])
+    for r in finished:
+        assert r["status"] == "ok" and set(r) == compare_keys | {"trial"}
+        alpha = float(r["mapping"].removeprefix("entmax:alpha="))
+        assert 1.1 <= alpha <= 2.0 and len(r["curve"]["val_accuracy"]) == 2
+        assert r["config"]["sweep"]["params"] == {"alpha": [1.1, 2.0, "linear"]}
+    for r in stopped:
+        assert r["epochs"] == 1 and r["reason"] == "stopped early by ASHA"
+    best = json.loads((out / BEST).read_text())
+    top = max(finished, key=lambda r: r["curve"]["val_accuracy"][-1])
+    assert (best["mapping"], best["value"], best["trial"]) == (
+        top["mapping"], top["curve"]["val_accuracy"][-1], top["trial"])
+    assert best["params"] == {"alpha": float(top["mapping"].split("=")[1])}
+    assert best["test_metrics"] == top["metrics"]
+    err = capsys.readouterr().err
+    assert sum(line.startswith("trial ") for line in err.splitlines()) == 3
+
+
+def test_a_killed_sweep_resumes_without_training_finished_trials_again(local_ray, tmp_path,
+                                                                       capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "sparse_softmax", "--param", "k=2:6", "--samples", "3", "--epochs", "40",
+            "--grace-period", "40", "--limit", "500", "--jobs", "1", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    driver = subprocess.Popen([sys.executable, "-m", "softmaxlab.cli", *args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)  # its local Ray shares its group
+    try:
+        deadline = time.monotonic() + 120
+        while not _trials(out) and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+        before = set(_trials(out))
+        assert len(before) == 1
+        time.sleep(2.5)  # Tune saves its state every second: the finished trial is in it
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+        driver.wait()
+        driver.stderr.close()
+    at_kill = _trials(out)
+    assert len(at_kill) < 3  # a trial was left unfinished
+    assert main([*args, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming the sweep in" in err
+    trained = {line.split()[2] for line in err.splitlines() if line.startswith("trial ")}
+    assert trained and not trained & before
+    trials = _trials(out)
+    assert len(trials) == 3 and set(at_kill) <= set(trials)
+    assert all(trials[t] == r for t, r in at_kill.items())
+    lines = [json.loads(line) for line in (out / results.RESULTS).read_text().splitlines()]
+    assert len([r for r in lines if "trial" in r]) == 3  # one record per trial
+    assert (out / BEST).is_file()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["entmax", "--param", "alpha=2:1.5"], "--param alpha=2:1.5: LOW must be < HIGH"),
+    (["entmax", "--param", "alpha=0.5:2"], "--param alpha=0.5:2: alpha must be"),
+    (["entmax", "--param", "beta=1:2"], "entmax has no parameter 'beta'"),
+    (["entmax", "--param", "alpha=1.2"], "--param alpha=1.2: give NAME=LOW:HIGH"),
+    (["entmax", "--param", "alpha=1.2:1.8:sqrt"], "give NAME=LOW:HIGH or NAME=LOW:HIGH:log"),
+    (["entmax", "--param", "alpha=1.2:1.8", "--param", "alpha=1.3:1.4"], "given twice"),
+    (["entmax:alpha=1.3", "--param", "alpha=1.2:1.8"], "given twice"),
+    (["taylor_softmax", "--param", "order=2:6"], "--param order=2:6: order must be"),
+    (["sparse_softmax", "--param", "k=2:20"], "k must be <= the number of classes (10)"),
+    (["softmax", "--param", "temperature=0:2:log"], "a log range needs LOW > 0"),
+    (["activation_normalize", "--param", "activation=a:b"], "takes str values, not a range"),
+    (["sigsoftmax", "--param", "x=1:2"], "sigsoftmax has no parameters to sweep"),
+    (["arcface", "--param", "margin=0.1:0.5"], "arcface has no parameters to sweep"),
+    (["nope", "--param", "x=1:2"], "unknown mapping 'nope'"),
+    (["entmax", "--param", "alpha=1.2:1.8", "--grace-period", "5", "--epochs", "2"],
+     "--grace-period must be <= --epochs (2), got 5"),
+    (["entmax", "--param", "alpha=1.2:1.8", "--reduction-factor", "1"],
+     "--reduction-factor must be > 1, got 1.0"),
+    (["entmax", "--param", "alpha=1.2:1.8", "--samples", "0"], "--samples: must be"),
+    (["entmax", "--param", "alpha=1.2:1.8", "--seed", "-1"], "--seed: must be"),
+    (["entmax", "--param", "alpha=1.2:1.8", "--resume"], "holds no sweep to resume"),
+    (["entmax", "--param", "alpha=1.2:1.8", "--address", "nowhere"],
+     "--address must be auto, host:port or ray://host:port, got 'nowhere'"),
+    (["entmax"], "the following arguments are required: --param"),
+])
+def test_bad_sweep_flags_fail_before_any_work_in_one_line(argv, message, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", *argv, "--limit", "200", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_a_sweep_folder_of_another_configuration_is_refused(local_ray, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "softmax", "--samples", "1", "--epochs", "1", "--limit", "200",
+            "--jobs", "1", "--out", str(out)]
+    assert main([*args, "--param", "temperature=0.5:2"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--param", "temperature=0.5:3"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a sweep of another configuration" in err and "--out NEW" in err

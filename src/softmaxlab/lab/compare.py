@@ -18,7 +18,7 @@ from pathlib import Path
 from . import datasets, options, outputs, results
 from .executor import EXECUTORS, emit
 from .executor import executor as make_executor
-from .heads import parse_heads
+from .heads import parse_heads, too_big
 from .models import build_model, check_model
 from .train import RunConfig, run
 
@@ -28,7 +28,7 @@ __all__ = ["compare", "register"]
 def _run_task(shared, task):
     dataset, cfg = shared
     head, seed = task
-    return run(dataset, head, seed, cfg, on_epoch=lambda epoch: emit((head, seed, epoch)))
+    return run(dataset, head, seed, cfg, on_epoch=lambda epoch, _: emit((head, seed, epoch)))
 
 
 def _check_config(out: Path, config: dict) -> set[tuple[str, int | None]]:
@@ -49,17 +49,15 @@ def _check_config(out: Path, config: dict) -> set[tuple[str, int | None]]:
 
 
 def _fit_heads(heads, n_classes: int, explicit: bool):
-    """``heads`` whose parameters suit ``n_classes`` (``k`` of ``sparse_softmax`` at most
-    the number of classes): others are an error when asked for by name, else left out."""
+    """``heads`` whose parameters suit ``n_classes`` (:func:`.heads.too_big`): others are an
+    error when asked for by name, else left out."""
     kept = []
     for h in heads:
-        k = h.kwargs.get("k")
-        if k is not None and k > n_classes:
-            if explicit:
-                raise ValueError(f"--mappings {h.name}: k must be <= the number of classes "
-                                 f"({n_classes}), got k={k}")
-            continue
-        kept.append(h)
+        problem = too_big(h, n_classes)
+        if problem and explicit:
+            raise ValueError(f"--mappings {h.name}: {problem}")
+        if not problem:
+            kept.append(h)
     return tuple(kept)
 
 

@@ -28,7 +28,7 @@ from .. import losses as L
 from .._registry import Mapping, get_mapping, mappings
 
 __all__ = ["Head", "SWEEPS", "heads", "default_heads", "get_head", "head_name", "order_key",
-           "parse_heads"]
+           "parse_heads", "too_big"]
 
 
 def _one_vs_all_bce(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -204,6 +204,15 @@ def parse_heads(spec: str) -> tuple[Head, ...]:
         raise ValueError(f"--mappings must be 'all' or comma-separated names, got {spec!r}")
     found = [get_head(e) for e in entries]
     return tuple({h.name: h for h in found}.values())
+
+
+def too_big(head: Head, n_classes: int) -> str | None:
+    """Why ``head``'s parameters do not suit ``n_classes`` (``k`` of ``sparse_softmax`` above
+    the number of classes), or None."""
+    k = head.kwargs.get("k")
+    if k is not None and k > n_classes:
+        return f"k must be <= the number of classes ({n_classes}), got k={k}"
+    return None
 
 
 def order_key(name: str) -> tuple:
