@@ -59,9 +59,16 @@ def _runs(directory) -> dict:
     return {(r["mapping"], r["seed"]): r for r in results.read(directory) if r["kind"] == "run"}
 
 
-def test_compare_on_ray_writes_the_local_executors_records(local_ray, tmp_path):
-    local = compare(out=tmp_path / "local", **SMALL)
-    on_ray = compare(out=tmp_path / "ray", executor="ray", **SMALL)
+@pytest.fixture(scope="module")
+def compared(local_ray, tmp_path_factory) -> tuple:
+    """The same small compare on the local executor and on Ray: the two run directories."""
+    root = tmp_path_factory.mktemp("compare")
+    return compare(out=root / "local", **SMALL), compare(out=root / "ray", executor="ray",
+                                                         **SMALL)
+
+
+def test_compare_on_ray_writes_the_local_executors_records(compared):
+    local, on_ray = compared
     a, b = _runs(local), _runs(on_ray)
     assert sorted(a) == sorted(b) == [(m, s) for m in ("softmax", "sparsemax") for s in (0, 1)]
     for key in a:
@@ -97,7 +104,7 @@ def _trials(directory) -> dict:
     return {r["trial"]: r for r in results.read(directory) if "trial" in r}
 
 
-def test_sweep_writes_a_record_per_trial_and_the_best_config(local_ray, tmp_path, capsys):
+def test_sweep_writes_a_record_per_trial_and_the_best_config(compared, tmp_path, capsys):
     out = sweep("entmax", ["alpha=1.1:2.0"], samples=3, epochs=2, limit=200, jobs=2,
                 out=tmp_path / "sweep", reduction_factor=2.0)
     trials = _trials(out)
@@ -105,7 +112,7 @@ def test_sweep_writes_a_record_per_trial_and_the_best_config(local_ray, tmp_path
     finished = [r for r in trials.values() if r["kind"] == "run"]
     stopped = [r for r in trials.values() if r["kind"] == "stopped"]
     assert finished and len(finished) + len(stopped) == 3
-    compare_keys = set(_runs(compare(out=tmp_path / "compare", **SMALL))[("softmax", 0)])
+    compare_keys = set(_runs(compared[0])[("softmax", 0)])
     for r in finished:
         assert r["status"] == "ok" and set(r) == compare_keys | {"trial"}
         alpha = float(r["mapping"].removeprefix("entmax:alpha="))

@@ -1,7 +1,7 @@
 """Benchmark of the vocabulary-parallel losses: communication per token and time.
 
 ``python -m softmaxlab.bench.distributed --out benchmarks/results`` writes
-``distributed-cpu.json`` and ``distributed-cpu.md``:
+``distributed-cpu-wW.json`` and ``distributed-cpu-wW.md`` (``W`` = ``--world``):
 
 1. **Communication per token** of each scheme, analytical (from the collectives the code
    issues) and counted (:func:`softmaxlab.distributed.count_traffic` on a real gloo run):
@@ -300,8 +300,9 @@ def markdown(res: dict) -> str:
               f"{res['threshold_steps']['entmax15']} for 1.5-entmax here); one row alone takes "
               f"{per_row['sparsemax']:.1f} and {per_row['entmax15']:.1f} on average."]
     linear = res["linear_counted_bytes_per_token"]
-    lines += ["", f"Fused linear CE, whole step: counted {linear:.1f} B/token in {res['linear_collectives']} collectives (a max and a sum per "
-              f"chunk of rows, the hidden gradient once: 4d = {4 * cfg['d']} B/token).", "",
+    lines += ["", f"Fused linear CE, whole step: counted {linear:.1f} B/token in "
+              f"{res['linear_collectives']} collectives (a max and a sum per chunk of rows, "
+              f"the hidden gradient once: 4d = {4 * cfg['d']} B/token).", "",
               "#### Label smoothing 0.1 with the vocabulary split (mean loss of the counted "
               "rows)", "",
               "Megatron's scheme smooths with the local shard's size and mean log-probability: "

@@ -239,9 +239,11 @@ def sweep(mapping: str, params, *, dataset="digits", samples: int = 8,
             del os.environ["TUNE_GLOBAL_CHECKPOINT_S"]
         else:
             os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = saved
-    trained = sum(1 for r in results.read(out) if "trial" in r) - recorded
-    results.append(out, {"kind": "session", "command": "sweep", "runs": trained, "jobs": jobs,
-                         "executor": "ray", "wall_time": time.perf_counter() - start})
+    new = [r for r in results.read(out) if "trial" in r][recorded:]
+    train_time = sum(r["metrics"]["train_time"] for r in new if r.get("status") == "ok")
+    results.append(out, {"kind": "session", "command": "sweep", "runs": len(new), "jobs": jobs,
+                         "executor": "ray", "wall_time": time.perf_counter() - start,
+                         "train_time": train_time})
     best = _best(out, setup.metric, setup.mode)
     if best is not None:
         outputs.write_outputs(out, {BEST: (json.dumps(best, indent=1) + "\n").encode()})
