@@ -23,6 +23,8 @@ from softmaxlab.lab.compare import compare
 from softmaxlab.lab.executor import RayTasks, emit
 from softmaxlab.lab.sweep import BEST, sweep
 
+#: One xdist worker runs the module (make test: --dist loadgroup): one Ray, not one per worker.
+pytestmark = pytest.mark.xdist_group("ray")
 #: Metrics that measure time: the only ones allowed to differ between executors.
 TIMES = {"train_time", "train_time_per_epoch", "wall_time", "inference_time_per_example"}
 SMALL = dict(dataset="digits", limit=200, epochs=2, seeds=2, mappings="softmax,sparsemax",
