@@ -306,8 +306,9 @@ def register(subparsers) -> None:
     p.add_argument("--mappings", default="all",
                    help="'all' (every mapping and margin loss; entmax at alpha 1.25 and 1.75, "
                         "sparse_softmax at k 2 and 5) or comma-separated names, each with "
-                        "its parameters if you like: entmax:alpha=1.3,sparse_softmax:k=5 "
-                        "(default %(default)s; `softmaxlab list` shows the parameters)")
+                        "its parameters if you like: entmax:alpha=1.3,sparse_softmax:k=5, "
+                        "arcface:margin=0.3 (a margin loss's scale and margin) (default "
+                        "%(default)s; `softmaxlab list` shows the mappings' parameters)")
     p.add_argument("--goal", choices=options.GOALS, default="accuracy",
                    help="what the recommendation optimises: accuracy (the task's quality "
                         "metric), calibration (ECE), sparsity (support; among mappings not "

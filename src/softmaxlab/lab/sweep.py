@@ -1,4 +1,5 @@
-"""``softmaxlab sweep``: Ray Tune with the ASHA scheduler over one mapping's parameters.
+"""``softmaxlab sweep``: Ray Tune with the ASHA scheduler over one mapping's parameters (or a
+margin loss's ``scale`` and ``margin``).
 
 Each trial is one lab run (:func:`softmaxlab.lab.train.run`, the same training and
 measurements as ``compare``) of the mapping at sampled parameter values; it reports its
@@ -6,7 +7,8 @@ validation metric to Tune after every epoch, and ASHA stops the weaker trials ea
 driver writes the records into ``results.jsonl`` as ``compare`` does (one writer, each line
 fsync'ed): a trial that ran every epoch is a ``run`` record (its ``mapping`` names the
 sampled values, as ``--mappings`` takes them: ``entmax:alpha=1.62``), a trial ASHA stopped
-is a ``stopped`` record (its epochs and validation curve), each with its Tune ``trial`` id.
+is a ``stopped`` record (its epochs and last validation value), each with its Tune ``trial``
+id.
 ``best.json`` holds the best finished trial by the final validation metric.
 
 Tune keeps its experiment state in ``OUT/tune``: rerunning the command after the driver was
@@ -27,7 +29,7 @@ from pathlib import Path
 from .._text import table
 from . import datasets, options, outputs, results
 from .executor import check_address, import_ray, ray_session
-from .heads import get_head, head_name, too_big
+from .heads import get_head, head_name, heads, too_big
 from .models import build_model, check_model
 from .train import TASK_METRICS, RunConfig
 
@@ -65,25 +67,26 @@ class Range:
         return [self.low, self.high, "log" if self.log else "linear"]
 
 
-def parse_range(mapping, text: str) -> Range:
-    """``text`` (``NAME=LOW:HIGH[:log]``) checked against ``mapping``'s ``Param`` record:
-    both ends (every integer between them, for integer parameters) must be valid values.
-    ``ValueError`` naming ``--param`` and ``text`` otherwise."""
+def parse_range(head, text: str) -> Range:
+    """``text`` (``NAME=LOW:HIGH[:log]``) checked against the ``Param`` record of ``head``
+    (:class:`softmaxlab.lab.heads.Head`: a mapping's, or a margin loss's): both ends (every
+    integer between them, for integer parameters) must be valid values. ``ValueError``
+    naming ``--param`` and ``text`` otherwise."""
     flag = f"--param {text}"
     name, eq, bounds = text.partition("=")
     name, parts = name.strip(), bounds.split(":")
     if not eq or not name or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
         raise ValueError(f"{flag}: give NAME=LOW:HIGH or NAME=LOW:HIGH:log")
     try:
-        param = mapping.param(name)
+        param = head.param(name)
     except KeyError:
-        known = ", ".join(p.name for p in mapping.params)
-        raise ValueError(f"{flag}: {mapping.name} has no parameter {name!r} (its parameters: "
+        known = ", ".join(p.name for p in head.tunable)
+        raise ValueError(f"{flag}: {head.base} has no parameter {name!r} (its parameters: "
                          f"{known})") from None
     kind = type(param.default)
     if kind not in (int, float):
         raise ValueError(f"{flag}: {name} takes {kind.__name__} values, not a range; fix it "
-                         f"in the mapping ({mapping.name}:{name}=...)")
+                         f"in the mapping ({head.base}:{name}=...)")
     try:
         low, high = (kind(p) for p in parts[:2])
     except ValueError:
@@ -115,11 +118,9 @@ class Setup:
         """The head name of a trial's sampled ``config`` (``entmax:alpha=1.62``; Tune samples
         NumPy scalars, made the parameter's Python type)."""
         fixed = get_head(self.base)
-        values = {**fixed.kwargs, **{k: type(fixed.mapping.param(k).default)(v)
+        values = {**fixed.values, **{k: type(fixed.param(k).default)(v)
                                      for k, v in config.items()}}
         return get_head(head_name(fixed.base, values)).name
-
-
 
 
 def _best(out: Path, metric: str, mode: str) -> dict | None:
@@ -132,7 +133,7 @@ def _best(out: Path, metric: str, mode: str) -> dict | None:
     best = max(ok, key=lambda r: sign * r["curve"][metric][-1])
     head = get_head(best["mapping"])
     return {"metric": metric, "mode": mode, "value": best["curve"][metric][-1],
-            "mapping": best["mapping"], "params": head.kwargs, "seed": best["seed"],
+            "mapping": best["mapping"], "params": head.values, "seed": best["seed"],
             "trial": best["trial"], "test_metrics": best["metrics"],
             "finished_trials": len(ok)}
 
@@ -157,17 +158,18 @@ def sweep(mapping: str, params, *, dataset="digits", samples: int = 8,
     except ImportError as e:
         raise ValueError(f"sweep: {e}") from None
     head = get_head(mapping)
-    if head.cosine or not head.mapping.params:
+    if not head.tunable:
         raise ValueError(f"sweep {mapping}: {head.base} has no parameters to sweep (those "
-                         "with parameters: " + ", ".join(m.name for m in _with_params()) + ")")
+                         "with parameters: " + ", ".join(h.name for h in heads()
+                                                         if h.tunable and not h.skip) + ")")
     if head.skip:
         raise ValueError(f"sweep {mapping}: {head.skip}")
     if isinstance(params, str) or not params:
-        raise ValueError("--param: give at least one NAME=LOW:HIGH[:log]")
-    ranges = [parse_range(head.mapping, p) for p in params]
+        raise ValueError("--param: give a list of at least one NAME=LOW:HIGH[:log] text")
+    ranges = [parse_range(head, p) for p in params]
     names = [r.name for r in ranges]
     for r in ranges:
-        if names.count(r.name) > 1 or r.name in head.kwargs:
+        if names.count(r.name) > 1 or r.name in head.values:
             raise ValueError(f"--param {r.name}: given twice (in --param or in the mapping)")
     samples = options.check_positive_int("--samples", samples)
     epochs = options.check_positive_int("--epochs", epochs)
@@ -193,7 +195,7 @@ def sweep(mapping: str, params, *, dataset="digits", samples: int = 8,
         dataset = datasets.load(dataset, limit=limit, label=label)
     for r in ranges:
         for value in (r.low, r.high):
-            problem = too_big(get_head(head_name(head.base, {**head.kwargs, r.name: value})),
+            problem = too_big(get_head(head_name(head.base, {**head.values, r.name: value})),
                               dataset.n_classes)
             if problem:
                 raise ValueError(f"--param {r.name}={r.low}:{r.high}: {problem}")
@@ -281,12 +283,6 @@ def _fit(out: Path, ranges, setup: Setup, config: dict, samples: int, jobs: int,
                                       verbose=0,
                                       callbacks=[Recorder(str(out), config, setup, samples)]))
     tuner.fit()
-
-
-def _with_params():
-    from .._registry import mappings
-
-    return [m for m in mappings() if m.params and m.loss is not None]
 
 
 def _shown(r: Range) -> str:
