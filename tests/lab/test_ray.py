@@ -3,6 +3,8 @@ local Ray of 2 CPUs shared by the module's tests; a sweep killed with SIGKILL re
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -106,9 +108,18 @@ def _trials(directory) -> dict:
     return {r["trial"]: r for r in results.read(directory) if "trial" in r}
 
 
-def test_sweep_writes_a_record_per_trial_and_the_best_config(compared, tmp_path, capsys):
-    out = sweep("entmax", ["alpha=1.1:2.0"], samples=3, epochs=2, limit=200, jobs=2,
-                out=tmp_path / "sweep", reduction_factor=2.0)
+@pytest.fixture(scope="module")
+def swept(local_ray, tmp_path_factory):
+    """A sweep of 3 trials of 2 epochs (ASHA halves at each rung): its folder, its stderr."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        out = sweep("entmax", ["alpha=1.1:2.0"], samples=3, epochs=2, limit=200, jobs=2,
+                    out=tmp_path_factory.mktemp("sweep") / "entmax", reduction_factor=2.0)
+    return out, err.getvalue()
+
+
+def test_sweep_writes_a_record_per_trial_and_the_best_config(swept, compared):
+    out, err = swept
     trials = _trials(out)
     assert len(trials) == 3
     finished = [r for r in trials.values() if r["kind"] == "run"]
@@ -128,31 +139,57 @@ def test_sweep_writes_a_record_per_trial_and_the_best_config(compared, tmp_path,
         top["mapping"], top["curve"]["val_accuracy"][-1], top["trial"])
     assert best["params"] == {"alpha": float(top["mapping"].split("=")[1])}
     assert best["test_metrics"] == top["metrics"]
-    err = capsys.readouterr().err
     assert sum(line.startswith("trial ") for line in err.splitlines()) == 3
 
 
-def test_a_killed_sweep_resumes_without_training_finished_trials_again(local_ray, tmp_path,
-                                                                       capsys):
-    out = tmp_path / "sweep"
-    args = ["sweep", "sparse_softmax", "--param", "k=2:6", "--samples", "3", "--epochs", "40",
-            "--grace-period", "40", "--limit", "500", "--jobs", "1", "--out", str(out)]
+def test_a_sweep_folder_of_another_configuration_is_refused(swept, capsys):
+    out, _ = swept
+    before = (out / results.RESULTS).read_bytes()
+    assert main(["sweep", "entmax", "--param", "alpha=1.1:1.9", "--samples", "3", "--epochs",
+                 "2", "--limit", "200", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a sweep of another configuration" in err and "--out NEW" in err
+    assert (out / results.RESULTS).read_bytes() == before
+
+
+def _driver(args: list[str], log) -> subprocess.Popen:
+    """``softmaxlab ARGS`` in a new process group (its local Ray joins it), stderr to
+    ``log`` (a file: a pipe nobody reads could fill and block it)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    driver = subprocess.Popen([sys.executable, "-m", "softmaxlab.cli", *args], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)  # its local Ray shares its group
+    with open(log, "wb") as err:
+        return subprocess.Popen([sys.executable, "-m", "softmaxlab.cli", *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+
+
+def _wait_for_records(out, driver, log, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while len(_trials(out)) < n and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert driver.poll() is None, log.read_text()[-2000:]
+    assert len(_trials(out)) >= n
+
+
+def test_a_stopped_or_killed_sweep_resumes_without_training_finished_trials_again(
+        local_ray, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "sparse_softmax", "--param", "k=2:6", "--samples", "3", "--epochs",
+            "80", "--grace-period", "80", "--limit", "500", "--jobs", "1", "--out", str(out)]
+    # Ctrl-C: Tune saves its state and stops; the command says how to resume
+    log = tmp_path / "driver.err"
+    driver = _driver(args, log)
+    _wait_for_records(out, driver, log, 1)
+    driver.send_signal(signal.SIGINT)
+    assert driver.wait(timeout=60) == 130
+    assert "interrupted: finished trials are kept; rerun the same command" in log.read_text()
+    # kill -9 of the rerun after its first trial: no clean-up at all
+    driver = _driver(args, log)
     try:
-        deadline = time.monotonic() + 120
-        while not _trials(out) and driver.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+        _wait_for_records(out, driver, log, len(_trials(out)) + 1)
         before = set(_trials(out))
-        assert len(before) == 1
-        time.sleep(2.5)  # Tune saves its state every second: the finished trial is in it
+        time.sleep(1.5)  # Tune saves its state every second: the finished trials are in it
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
         driver.wait()
-        driver.stderr.close()
     at_kill = _trials(out)
     assert len(at_kill) < 3  # a trial was left unfinished
     assert main([*args, "--resume"]) == 0
@@ -201,14 +238,3 @@ def test_bad_sweep_flags_fail_before_any_work_in_one_line(argv, message, tmp_pat
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
-
-
-def test_a_sweep_folder_of_another_configuration_is_refused(local_ray, tmp_path, capsys):
-    out = tmp_path / "sweep"
-    args = ["sweep", "softmax", "--samples", "1", "--epochs", "1", "--limit", "200",
-            "--jobs", "1", "--out", str(out)]
-    assert main([*args, "--param", "temperature=0.5:2"]) == 0
-    capsys.readouterr()
-    assert main([*args, "--param", "temperature=0.5:3"]) == 2
-    err = capsys.readouterr().err
-    assert "holds a sweep of another configuration" in err and "--out NEW" in err

@@ -242,6 +242,8 @@ def sweep(mapping: str, params, *, dataset="digits", samples: int = 8,
         else:
             os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = saved
     new = [r for r in results.read(out) if "trial" in r][recorded:]
+    if recorded + len(new) < samples:  # Tune caught a Ctrl-C, saved its state and stopped
+        raise KeyboardInterrupt
     train_time = sum(r["metrics"]["train_time"] for r in new if r.get("status") == "ok")
     results.append(out, {"kind": "session", "command": "sweep", "runs": len(new), "jobs": jobs,
                          "executor": "ray", "wall_time": time.perf_counter() - start,
