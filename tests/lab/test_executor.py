@@ -68,6 +68,11 @@ def test_without_ray_the_ray_executor_names_the_install_command(monkeypatch, tmp
     assert len(err.splitlines()) == 1 and not any(tmp_path.iterdir())
     with pytest.raises(ImportError, match=r'pip install "softmaxlab\[ray\]"'):
         list(RayTasks(1).map(_task, 1, [1]))
+    assert main(["sweep", "entmax", "--param", "alpha=1.1:2", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("softmaxlab: error: sweep: Ray is not installed")
+    assert err.endswith('install it with pip install "softmaxlab[ray]"') and "\n" not in err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(("flags", "message"), [
