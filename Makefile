@@ -2,7 +2,7 @@
 #             package with its lab extra (Rich, Matplotlib, scikit-learn, SciPy): what the compare
 #             needs, nothing more; then compare every mapping on digits (runs/compare-digits)
 # make test : the same, plus the dev extra (pytest, Hypothesis, xdist, numba for the CPU kernels,
-#             Triton for the interpreter tests, ruff and mypy), then the full test suite (the
+#             Triton for the interpreter tests, Ray, ruff and mypy), then the full test suite (the
 #             Triton tests under the Triton interpreter on CPU; on a CUDA machine natively, then
 #             once more under the interpreter)
 # make lint : the run set-up plus the pinned [lint] extra if missing; ruff on src and tests, mypy
@@ -39,7 +39,7 @@ lint: $(LAB)
 	$(PY) -m mypy
 
 test: $(DEV)
-	$(PY) -m pytest -q -n 2 --ignore=tests/kernels/triton
+	$(PY) -m pytest -q -n 2 --dist loadgroup --ignore=tests/kernels/triton
 	$(PY) -m pytest -q -n 2 tests/kernels/triton
 	if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 		TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 tests/kernels/triton; fi

@@ -6,6 +6,8 @@
   ``src/softmaxlab/kernels/triton/*.py`` without triton. The Triton modules (no doctests) are
   not collected either where no CUDA device is available: importing them there would import
   ``triton`` before ``tests/kernels/triton`` sets ``TRITON_INTERPRET=1``.
+* ``src/softmaxlab/lab/_tune.py`` (no doctests) imports Ray, an optional extra and seconds
+  to import: never collected; ``tests/lab/test_ray.py`` runs it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 _KERNELS = Path(__file__).parent / "src" / "softmaxlab" / "kernels"
 
-collect_ignore: list[str] = []
+collect_ignore: list[str] = [str(Path(__file__).parent / "src" / "softmaxlab" / "lab" / "_tune.py")]
 if importlib.util.find_spec("numba") is None:
     collect_ignore += [str(p) for p in sorted((_KERNELS / "cpu").glob("*.py"))
                        if p.name != "__init__.py"]

@@ -83,7 +83,12 @@ class Mapping:
     ``naive(x, **params)`` is the textbook formula along the last dim in unfused torch ops
     (the benchmarks' baseline; not safe on masked rows or extreme logits).
     ``tsallis_alpha`` is the entropy of a Fenchel-Young mapping (``None``: its ``alpha``
-    parameter). Property flags are checked by the test suite for every registered mapping.
+    parameter). ``log_score(z, **params)`` is, for a mapping of the form ``g(z) / sum g(z)``,
+    the element-wise log-score ``log g`` of finite logits with no per-row constant, so that
+    ``log_fn(z) = log_score(z) - logsumexp(log_score(z))``: what lets a row split across
+    devices be normalized with one global max and one global sum
+    (:mod:`softmaxlab.distributed`); ``None`` where the mapping has no such form. Property
+    flags are checked by the test suite for every registered mapping.
     """
 
     name: str
@@ -100,6 +105,7 @@ class Mapping:
     formula: str = ""
     naive: Callable[..., torch.Tensor] | None = None
     tsallis_alpha: float | None = None
+    log_score: Callable[..., torch.Tensor] | None = None
 
     def __reduce__(self):
         # A record pickles (and deep-copies) as its registry lookup: modules that hold one

@@ -3,11 +3,15 @@ compare shows progress inside runs, with an estimate for the whole compare."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from softmaxlab.cli import main
 from softmaxlab.lab.compare import Progress
-from softmaxlab.lab.executor import InProcess, LocalProcesses, emit
+from softmaxlab.lab.executor import InProcess, LocalProcesses, RayTasks, emit
 
 
 def _task(shared, task):
@@ -52,3 +56,39 @@ def test_compare_reports_progress_inside_runs(tmp_path, capsys):
     assert "training 1 runs x 30 epochs on 1 job(s)" in err
     assert "estimate: about " in err and " left (from the rate of the first " in err
     assert "100%  1/1 runs" in err
+
+
+def test_without_ray_the_ray_executor_names_the_install_command(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    assert main(["compare", "--limit", "300", "--mappings", "softmax", "--executor", "ray",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("softmaxlab: error: --executor ray: Ray is not installed")
+    assert err.endswith('install it with pip install "softmaxlab[ray]"')
+    assert len(err.splitlines()) == 1 and not any(tmp_path.iterdir())
+    with pytest.raises(ImportError, match=r'pip install "softmaxlab\[ray\]"'):
+        list(RayTasks(1).map(_task, 1, [1]))
+    assert main(["sweep", "entmax", "--param", "alpha=1.1:2", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("softmaxlab: error: sweep: Ray is not installed")
+    assert err.endswith('install it with pip install "softmaxlab[ray]"') and "\n" not in err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--address", "auto"], "--address auto needs --executor ray"),
+    (["--executor", "dask"], "argument --executor: invalid choice: 'dask'"),
+])
+def test_bad_executor_flags_are_one_line(flags, message, tmp_path, capsys):
+    assert main(["compare", "--limit", "300", "--mappings", "softmax", *flags,
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_importing_softmaxlab_and_its_cli_does_not_import_ray():
+    code = ("import sys, softmaxlab, softmaxlab.cli; softmaxlab.cli.build_parser(); "
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == "False"

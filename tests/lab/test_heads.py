@@ -32,6 +32,19 @@ def test_parameters_are_given_per_mapping_and_named_canonically():
     assert get_head("entmax:alpha=1.3,n_iter=30").name == "entmax:alpha=1.3,n_iter=30"
 
 
+def test_a_margin_head_takes_its_losss_scale_and_margin():
+    cos = torch.rand(6, 10, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    y = torch.arange(6)
+    h = get_head("arcface:margin=0.3,scale=16")
+    assert h.name == "arcface:scale=16.0,margin=0.3" and h.cosine and h.kwargs == {}
+    assert h.values == {"scale": 16.0, "margin": 0.3}
+    assert h.loss(cos, y) == L.arcface_loss(cos, y, scale=16.0, margin=0.3)
+    torch.testing.assert_close(h.probs(cos), torch.softmax(16.0 * cos, -1))
+    real = get_head("real_am:margin=0.2")
+    assert real.loss(cos, y) == L.am_softmax_loss(cos, y, margin=0.2, real=True)
+    assert get_head("am_softmax:margin=0.35").name == "am_softmax"  # the loss's default
+
+
 def test_a_head_uses_its_parameters_in_the_loss_and_the_probabilities():
     z = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
     y = torch.arange(6)
@@ -47,7 +60,9 @@ def test_a_head_uses_its_parameters_in_the_loss_and_the_probabilities():
     ("entmax:alpha=0.5", ["entmax:alpha=0.5", "alpha must be", "got 0.5"]),
     ("entmax:beta=2", ["no parameter 'beta'", "alpha, n_iter"]),
     ("sparse_softmax:k=two", ["sparse_softmax:k=two", "k must be an integer"]),
-    ("am_softmax:scale=3", ["am_softmax takes no parameters"]),
+    ("am_softmax:real=1", ["no parameter 'real'", "scale, margin"]),
+    ("arcface:margin=3.5", ["arcface:margin=3.5", "margin must be a number in [0, pi)"]),
+    ("real_am:scale=-1", ["scale must be a finite number > 0, got -1.0"]),
     ("alpha=2", ["'alpha=2' must follow a mapping name"]),
     ("entmax:alpha", ["name=value"]),
     ("nope:k=1", ["unknown mapping 'nope'"]),
@@ -73,3 +88,6 @@ def test_a_run_with_parameters_trains_with_them():
     assert r["status"] == "ok" and r["metrics"]["support"] == 2
     r = run(data, "taylor_softmax:order=4", 0, cfg)
     assert r["status"] == "ok" and r["metrics"]["temperature"] > 0
+    wide, narrow = (run(data, f"arcface:margin={m}", 0, cfg) for m in (0.1, 0.6))
+    assert wide["status"] == narrow["status"] == "ok"
+    assert wide["curve"]["train_loss"] != narrow["curve"]["train_loss"]

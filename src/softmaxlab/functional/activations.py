@@ -59,6 +59,15 @@ ACTIVATION = Param(
 )
 
 
+def activation_log_score(z: torch.Tensor, activation: str = "softplus") -> torch.Tensor:
+    """``log a(z)`` element-wise (finite ``z``). The Gaussian's is ``-z^2`` itself, without
+    the per-row shift the row function applies against overflow (a row split across devices
+    has no common smallest ``|z|``): it is ``-inf`` for ``|z|`` above ~1.8e19 in float32."""
+    if activation == "gaussian":
+        return -z.square()
+    return ACTIVATIONS[activation](z, excluded_entries(z))
+
+
 def _activation(x, dim, activation, mask, dtype, log):
     ACTIVATION.validate(activation)
     score = ACTIVATIONS[activation]
@@ -174,5 +183,6 @@ register(
         params=(ACTIVATION,),
         summary="a positive activation divided by its sum",
         formula="a(z) / sum a(z)",
+        log_score=activation_log_score,
     )
 )

@@ -22,6 +22,11 @@ def _log_sigsoftmax_score(z: torch.Tensor, _excluded: torch.Tensor) -> torch.Ten
     return z + F.logsigmoid(z)
 
 
+def sigsoftmax_log_score(z: torch.Tensor) -> torch.Tensor:
+    """``z + log sigmoid(z)``: the element-wise log-score of sigsoftmax."""
+    return z + F.logsigmoid(z)
+
+
 def _sigsoftmax_rows(z: torch.Tensor, _coef: tuple[float, ...], log: bool) -> torch.Tensor:
     """The reference rows of the score kernel's call (no coefficients)."""
     return log_score_mapping(z, _log_sigsoftmax_score, log)
@@ -82,5 +87,6 @@ register(
         summary="exp(z) * sigmoid(z), normalized",
         formula="e^z sigmoid(z) / sum e^z sigmoid(z)",
         naive=naive_sigsoftmax,
+        log_score=sigsoftmax_log_score,
     )
 )

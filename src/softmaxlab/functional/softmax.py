@@ -30,6 +30,13 @@ def _softmax(x, dim, temperature, mask, dtype, log):
     return along(x, dim, mask, _log_softmax_rows if log else _softmax_rows, dtype)
 
 
+def softmax_log_score(z: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """``z / T``: the element-wise log-score of the softmax (finite ``z``)."""
+    if not isinstance(temperature, torch.Tensor) and temperature == 1.0:
+        return z
+    return z / temperature
+
+
 def _softmax_rows(z: torch.Tensor) -> torch.Tensor:
     return exp_normalize(z, False)
 
@@ -115,5 +122,6 @@ register(
         summary="exponentials divided by their sum",
         formula="exp(z/T) / sum exp(z/T)",
         naive=naive_softmax,
+        log_score=softmax_log_score,
     )
 )

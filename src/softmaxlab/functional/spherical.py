@@ -30,6 +30,11 @@ def log_spherical_score(z: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.where(small, (zs.square() + eps).log(), big)
 
 
+def spherical_log_score(z: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+    """The element-wise log-score of the spherical softmax (:func:`log_spherical_score`)."""
+    return log_spherical_score(z, eps)
+
+
 def _spherical_rows(z: torch.Tensor, coef: tuple[float, ...], log: bool) -> torch.Tensor:
     """The reference rows of the score kernel's call (``coef = (eps, 0, 1)``)."""
     return log_score_mapping(z, lambda s, _: log_spherical_score(s, coef[0]), log)
@@ -94,5 +99,6 @@ register(
         summary="squared logits plus eps, normalized",
         formula="(z^2 + eps) / sum (z^2 + eps)",
         naive=naive_spherical,
+        log_score=spherical_log_score,
     )
 )

@@ -51,6 +51,11 @@ def log_taylor(z: torch.Tensor, order: int) -> torch.Tensor:
     return torch.where(small, poly.log(), big)
 
 
+def taylor_log_score(z: torch.Tensor, order: int = 2) -> torch.Tensor:
+    r""":math:`\log f_n(z)`: the element-wise log-score of the Taylor softmax."""
+    return log_taylor(z, order)
+
+
 _COEFFICIENTS: dict[int, tuple[float, ...]] = {}
 
 
@@ -133,5 +138,6 @@ register(
         summary="even-order Taylor polynomial of exp, normalized",
         formula="f_n(z) / sum f_n(z), f_n(z) = sum_{k<=n} z^k/k!",
         naive=naive_taylor,
+        log_score=taylor_log_score,
     )
 )

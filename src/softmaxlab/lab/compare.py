@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from . import datasets, options, outputs, results
-from .executor import emit, executor
-from .heads import parse_heads
+from .executor import EXECUTORS, emit
+from .executor import executor as make_executor
+from .heads import parse_heads, too_big
 from .models import build_model, check_model
 from .train import RunConfig, run
 
@@ -27,7 +28,7 @@ __all__ = ["compare", "register"]
 def _run_task(shared, task):
     dataset, cfg = shared
     head, seed = task
-    return run(dataset, head, seed, cfg, on_epoch=lambda epoch: emit((head, seed, epoch)))
+    return run(dataset, head, seed, cfg, on_epoch=lambda epoch, _: emit((head, seed, epoch)))
 
 
 def _check_config(out: Path, config: dict) -> set[tuple[str, int | None]]:
@@ -48,17 +49,15 @@ def _check_config(out: Path, config: dict) -> set[tuple[str, int | None]]:
 
 
 def _fit_heads(heads, n_classes: int, explicit: bool):
-    """``heads`` whose parameters suit ``n_classes`` (``k`` of ``sparse_softmax`` at most
-    the number of classes): others are an error when asked for by name, else left out."""
+    """``heads`` whose parameters suit ``n_classes`` (:func:`.heads.too_big`): others are an
+    error when asked for by name, else left out."""
     kept = []
     for h in heads:
-        k = h.kwargs.get("k")
-        if k is not None and k > n_classes:
-            if explicit:
-                raise ValueError(f"--mappings {h.name}: k must be <= the number of classes "
-                                 f"({n_classes}), got k={k}")
-            continue
-        kept.append(h)
+        problem = too_big(h, n_classes)
+        if problem and explicit:
+            raise ValueError(f"--mappings {h.name}: {problem}")
+        if not problem:
+            kept.append(h)
     return tuple(kept)
 
 
@@ -72,7 +71,8 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
             limit: int | None = None, lr: float = RunConfig.lr,
             batch_size: int = RunConfig.batch_size, device: str = RunConfig.device,
             label: str | None = None, progress: bool = True, force: bool = False,
-            shuffle: bool = True, goal: str = "accuracy") -> Path:
+            shuffle: bool = True, goal: str = "accuracy", executor: str = "local",
+            address: str | None = None) -> Path:
     """Run every missing ``(mapping, seed)`` of the comparison and render the report.
 
     ``dataset`` is a name or path for ``softmaxlab.lab.datasets.load`` (split seed 0) or a
@@ -81,8 +81,9 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
     (:mod:`.outputs`); ``force`` deletes the results already in ``out`` and starts fresh.
     The runs go in a seeded random order (``shuffle=False``: mapping by mapping, as given),
     so that no mapping is always first in a worker. ``goal`` (accuracy, calibration,
-    sparsity, speed) is what the report's recommendation optimises. Returns the run
-    directory.
+    sparsity, speed) is what the report's recommendation optimises. ``executor="ray"`` runs
+    the trainings as Ray tasks (at most ``jobs`` at once) on the cluster at ``address``, or
+    on a local Ray of ``jobs`` CPUs; the records are the same. Returns the run directory.
     """
     from .report import OUTPUT_NAMES, render  # Matplotlib: the lab extra
 
@@ -97,6 +98,7 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
         limit = options.check_positive_int("--limit", limit)
     options.check_device(device)
     options.check_goal(goal)
+    options.check_executor(executor, address)
     if out is not None:
         out = outputs.prepare(out)
     if isinstance(dataset, (str, Path)):
@@ -129,12 +131,13 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
     jobs = max(1, min(jobs, len(tasks)))
     train_time = 0.0
     with Progress(tasks, epochs, jobs, progress) as bar:
-        for _, record in executor(jobs).map(_run_task, (dataset, cfg), tasks,
-                                            on_event=bar.epoch if progress else None):
+        for _, record in make_executor(jobs, executor, address).map(
+                _run_task, (dataset, cfg), tasks, on_event=bar.epoch if progress else None):
             results.append(out, {"kind": "run", **record, "config": config})
             train_time += record["metrics"]["train_time"] if record["status"] == "ok" else 0.0
             bar.finished(record)
     results.append(out, {"kind": "session", "runs": len(tasks), "jobs": jobs,
+                         "executor": executor,
                          "wall_time": time.perf_counter() - start, "train_time": train_time,
                          "goal": goal})
     render(out, goal)
@@ -274,7 +277,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       epochs=args.epochs, model=args.model, jobs=args.jobs, out=args.out,
                       limit=args.limit, lr=args.lr, batch_size=args.batch_size,
                       device=args.device, label=args.label, force=args.force,
-                      goal=args.goal)
+                      goal=args.goal, executor=args.executor, address=args.address)
     except KeyboardInterrupt:
         print("\ninterrupted: every finished run is kept; rerun the same command to resume",
               file=sys.stderr)
@@ -303,8 +306,9 @@ def register(subparsers) -> None:
     p.add_argument("--mappings", default="all",
                    help="'all' (every mapping and margin loss; entmax at alpha 1.25 and 1.75, "
                         "sparse_softmax at k 2 and 5) or comma-separated names, each with "
-                        "its parameters if you like: entmax:alpha=1.3,sparse_softmax:k=5 "
-                        "(default %(default)s; `softmaxlab list` shows the parameters)")
+                        "its parameters if you like: entmax:alpha=1.3,sparse_softmax:k=5, "
+                        "arcface:margin=0.3 (a margin loss's scale and margin) (default "
+                        "%(default)s; `softmaxlab list` shows the mappings' parameters)")
     p.add_argument("--goal", choices=options.GOALS, default="accuracy",
                    help="what the recommendation optimises: accuracy (the task's quality "
                         "metric), calibration (ECE), sparsity (support; among mappings not "
@@ -321,6 +325,15 @@ def register(subparsers) -> None:
     p.add_argument("--jobs", type=_int("--jobs"), default=os.cpu_count() or 1,
                    help="parallel runs; 1 runs in this process (default: CPU count, "
                         "%(default)s)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="where the runs train: local processes, or ray (Ray tasks of one CPU, "
+                        "at most --jobs at once, on a local Ray of --jobs CPUs or the cluster "
+                        "at --address; needs pip install \"softmaxlab[ray]\") "
+                        "(default %(default)s)")
+    p.add_argument("--address", default=None,
+                   help="with --executor ray: the Ray cluster (auto, host:port, "
+                        "ray://host:port; softmaxlab installed on its nodes); default: start "
+                        "a local Ray")
     p.add_argument("--out", default=None,
                    help="run directory (default runs/compare-DATASET); rerunning the same "
                         "command resumes there; files softmaxlab did not write are never "

@@ -1,5 +1,5 @@
-"""Where runs execute: one interface, so a distributed executor can be added without
-touching the experiments.
+"""Where runs execute: one interface, in this process, in local worker processes or as Ray
+tasks, so the experiments never depend on where they run.
 
 An executor takes ``fn(shared, task)``, the ``shared`` argument (sent once per worker: the
 dataset) and the tasks, and yields ``(task, result)`` pairs as the runs finish. While a task
@@ -10,11 +10,13 @@ waits for results).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
 import queue as _queue
 import signal
+import socket
 import sys
 import threading
 import time
@@ -22,7 +24,16 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Protocol
 
-__all__ = ["Executor", "InProcess", "LocalProcesses", "emit", "executor"]
+__all__ = ["EXECUTORS", "Executor", "InProcess", "LocalProcesses", "RayTasks", "check_address",
+           "emit", "executor", "import_ray", "ray_session"]
+
+#: ``--executor``: local processes (or this process for one job), or Ray tasks.
+EXECUTORS = ("local", "ray")
+#: Seconds to wait for a TCP answer at a Ray ``host:port`` before ``ray.init`` (which
+#: retries for minutes).
+CONNECT_S = 5.0
+#: What to install when Ray is missing.
+RAY_INSTALL = 'pip install "softmaxlab[ray]"'
 
 #: Where :func:`emit` sends events: a callable (in process), a queue (in a worker) or None.
 _EVENTS: Any = None
@@ -140,6 +151,121 @@ class LocalProcesses:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def executor(jobs: int) -> Executor:
-    """In-process for one job, else ``jobs`` local worker processes."""
+def import_ray():
+    """The ``ray`` module; an ``ImportError`` naming the install command when it is missing."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError(f"Ray is not installed ({e}); install it with {RAY_INSTALL}"
+                          ) from None
+    return ray
+
+
+def check_address(address: str) -> None:
+    """A ``ValueError`` naming ``--address`` when nothing answers at its ``host:port``
+    (``auto`` is left to Ray, which fails fast when no cluster runs here)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        if address != "auto":
+            raise ValueError(f"--address must be auto, host:port or ray://host:port, "
+                             f"got {address!r}")
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S).close()
+    except OSError as e:
+        raise ValueError(f"--address {address}: nothing answers there "
+                         f"({e.strerror or e}); start Ray with `ray start --head` or give "
+                         "another address") from None
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, cpus: int) -> Iterator[Any]:
+    """The ``ray`` module, connected: to the Ray this process already has open, else to
+    ``address`` (``"auto"``, ``"host:port"``, ``"ray://host:port"``), else to a new local Ray
+    of ``cpus`` CPUs; a connection opened here is shut down on exit. An address that cannot
+    be reached is a ``ValueError`` naming ``--address``."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    if address is not None:
+        check_address(address)
+    where = {"num_cpus": cpus} if address is None else {"address": address}
+    try:
+        ray.init(**where, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        if address is None:
+            raise
+        raise ValueError(f"--address {address}: cannot connect to Ray "
+                         f"({str(e).strip().splitlines()[0]})") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _ray_call(fn: Callable, shared: Any, task: Any, events: Any) -> Any:
+    global _EVENTS
+    before, _EVENTS = _EVENTS, events
+    try:
+        return fn(shared, task)
+    finally:
+        _EVENTS = before
+
+
+class RayTasks:
+    """Each task a Ray task of one CPU, at most ``jobs`` at a time: on the Ray cluster at
+    ``address``, or on a local Ray of ``jobs`` CPUs started for the call (:func:`ray_session`).
+    ``shared`` goes to the object store once; the tasks' events come back through a Ray
+    queue, read while waiting for results. Ctrl-C (or the caller stopping early) cancels the
+    tasks still running."""
+
+    def __init__(self, jobs: int, address: str | None = None):
+        self.jobs, self.address = jobs, address
+
+    def map(self, fn, shared, tasks, on_event=None):
+        if not tasks:
+            return
+        with ray_session(self.address, self.jobs) as ray:
+            from ray.util.queue import Empty, Queue
+
+            events = Queue() if on_event is not None else None
+            remote = ray.remote(num_cpus=1, max_retries=0)(_ray_call)
+            shared_ref = ray.put(shared)
+            todo, pending = list(tasks), {}
+
+            def drain() -> None:
+                while events is not None:
+                    try:
+                        event = events.get_nowait()
+                    except Empty:
+                        return
+                    on_event(event)
+
+            try:
+                while todo or pending:
+                    while todo and len(pending) < self.jobs:
+                        task = todo.pop(0)
+                        pending[remote.remote(fn, shared_ref, task, events)] = task
+                    ready, _ = ray.wait(list(pending), num_returns=1,
+                                        timeout=POLL_S if events is not None else None)
+                    drain()  # a task's events are queued before its result is ready
+                    for ref in ready:
+                        yield pending.pop(ref), ray.get(ref)
+            finally:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                if events is not None:
+                    events.shutdown()
+
+
+def executor(jobs: int, kind: str = "local", address: str | None = None) -> Executor:
+    """``kind="ray"``: :class:`RayTasks` (at ``address``, else on a local Ray); ``"local"``:
+    in-process for one job, else ``jobs`` local worker processes."""
+    if kind == "ray":
+        return RayTasks(jobs, address)
+    if kind != "local":
+        raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+    if address is not None:
+        raise ValueError(f"--address {address} needs --executor ray")
     return InProcess() if jobs == 1 else LocalProcesses(jobs)

@@ -6,10 +6,11 @@ layer, trained with the mapping's natural loss) and one per margin loss (a
 :class:`softmaxlab.nn.CosineClassifier` output layer, trained with the margin loss, predicting
 with the softmax of the scaled cosines). Nothing else lists mapping names.
 
-A mapping's parameters are part of the head's name, as ``--mappings`` takes them:
+A head's parameters are part of its name, as ``--mappings`` takes them:
 ``entmax:alpha=1.3``, ``sparse_softmax:k=5``, ``entmax:alpha=1.3,n_iter=30`` (a ``p=v``
-item after a comma belongs to the mapping before it); values equal to the registry's
-default are left out of the name (``entmax:alpha=1.5`` is ``entmax``). The default
+item after a comma belongs to the mapping before it), and the margin losses' ``scale`` and
+``margin``: ``arcface:margin=0.3``; values equal to the default (the registry's, or the
+loss's) are left out of the name (``entmax:alpha=1.5`` is ``entmax``). The default
 comparison (``all``) sweeps the parameters of :data:`SWEEPS` instead of training the
 registry default: ``entmax`` at alpha 1.5 would duplicate ``entmax15``.
 """
@@ -17,6 +18,8 @@ registry default: ``entmax`` at alpha 1.5 would duplicate ``entmax15``.
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -25,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses as L
-from .._registry import Mapping, get_mapping, mappings
+from .._registry import Mapping, Param, get_mapping, mappings, positive_finite
 
 __all__ = ["Head", "SWEEPS", "heads", "default_heads", "get_head", "head_name", "order_key",
-           "parse_heads"]
+           "parse_heads", "too_big"]
 
 
 def _one_vs_all_bce(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -60,6 +63,8 @@ class Head:
     ``loss(out, target)`` trains on the model output ``out`` (logits, or cosines when
     ``scale`` is set); at test time ``mapping`` turns ``logits(out)`` (``scale * out`` for
     cosine heads) into probabilities. ``skip`` says why a head cannot train a classifier.
+    ``tunable`` are the ``Param`` records of the parameters it takes (the mapping's, or a
+    margin loss's ``scale`` and ``margin``); ``params`` the values its name gives.
     """
 
     name: str
@@ -67,11 +72,25 @@ class Head:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     scale: float | None = None
     skip: str | None = None
-    params: tuple[tuple[str, object], ...] = ()  # the mapping's keyword arguments
+    params: tuple[tuple[str, object], ...] = ()  # the values given (not the defaults)
+    tunable: tuple[Param, ...] = ()  # the parameters it takes: the mapping's or the loss's
+
+    @property
+    def values(self) -> dict:
+        """The parameter values given in the name."""
+        return dict(self.params)
 
     @property
     def kwargs(self) -> dict:
-        return dict(self.params)
+        """The mapping's keyword arguments (none for a cosine head: its values are the
+        loss's)."""
+        return {} if self.cosine else dict(self.params)
+
+    def param(self, name: str) -> Param:
+        for p in self.tunable:
+            if p.name == name:
+                return p
+        raise KeyError(f"{self.base} has no parameter {name!r}")
 
     @property
     def base(self) -> str:
@@ -112,33 +131,58 @@ def _mapping_head(m: Mapping, params: dict | None = None) -> Head:
     name = head_name(m.name, params)
     if m.loss is None:
         return Head(name, m, None, skip=f"no natural training loss in the registry; "
-                                        f"{m.name} is {m.summary}", params=tuple(params.items()))
-    return Head(name, m, NATURAL_LOSSES[m.loss](m, params), params=tuple(params.items()))
+                                        f"{m.name} is {m.summary}", params=tuple(params.items()),
+                    tunable=m.params)
+    return Head(name, m, NATURAL_LOSSES[m.loss](m, params), params=tuple(params.items()),
+                tunable=m.params)
 
 
-def _margin_head(name: str, loss: Callable, **kw) -> Head:
-    """Predicts with softmax(s * cosine), ``s`` the loss's default scale."""
-    scale = inspect.signature(loss).parameters["scale"].default
-    return Head(name, get_mapping("softmax"), partial(loss, **kw), scale=scale)
+def _below_pi(v) -> bool:
+    return 0 <= v < math.pi
+
+
+def _non_negative(v) -> bool:
+    return 0 <= v < math.inf
+
+
+#: Margin head -> (loss, fixed keyword arguments, the bound of its margin).
+MARGIN_LOSSES: dict[str, tuple[Callable, dict, Callable[[object], bool], str]] = {
+    "am_softmax": (L.am_softmax_loss, {}, _non_negative, "a finite number >= 0"),
+    "real_am": (L.am_softmax_loss, {"real": True}, _non_negative, "a finite number >= 0"),
+    "arcface": (L.arcface_loss, {}, _below_pi, "a number in [0, pi) (radians)"),
+}
+
+
+def _margin_head(name: str, params: dict | None = None) -> Head:
+    """Trains with the margin loss ``name`` at its ``scale`` and ``margin`` (the loss's
+    defaults unless given); predicts with softmax(scale * cosine)."""
+    loss, fixed, check, description = MARGIN_LOSSES[name]
+    defaults = inspect.signature(loss).parameters
+    tunable = (Param("scale", defaults["scale"].default, (numbers.Real,), positive_finite,
+                     "a finite number > 0"),
+               Param("margin", defaults["margin"].default, (numbers.Real,), check, description))
+    params = {p.name: params[p.name] for p in tunable
+              if params and p.name in params and params[p.name] != p.default}
+    values = {p.name: p.default for p in tunable} | params
+    return Head(head_name(name, params), get_mapping("softmax"), partial(loss, **fixed, **values),
+                scale=values["scale"], params=tuple(params.items()), tunable=tunable)
 
 
 def heads() -> tuple[Head, ...]:
     """Every lab head: the registry's mappings (in order), then the margin losses."""
     return (
         *(_mapping_head(m) for m in mappings()),
-        _margin_head("am_softmax", L.am_softmax_loss),
-        _margin_head("real_am", L.am_softmax_loss, real=True),
-        _margin_head("arcface", L.arcface_loss),
+        *(_margin_head(name) for name in MARGIN_LOSSES),
     )
 
 
-def _parse_value(m: Mapping, key: str, text: str, entry: str):
-    """``text`` as the type of ``m``'s parameter ``key``, validated by its ``Param``."""
+def _parse_value(head: Head, key: str, text: str, entry: str):
+    """``text`` as the type of ``head``'s parameter ``key``, validated by its ``Param``."""
     try:
-        param = m.param(key)
+        param = head.param(key)
     except KeyError:
-        known = ", ".join(p.name for p in m.params) or "none"
-        raise ValueError(f"--mappings {entry}: {m.name} has no parameter {key!r} "
+        known = ", ".join(p.name for p in head.tunable) or "none"
+        raise ValueError(f"--mappings {entry}: {head.base} has no parameter {key!r} "
                          f"(its parameters: {known})") from None
     value: object = text
     if not isinstance(param.default, str):
@@ -165,13 +209,11 @@ def get_head(name: str) -> Head:
     items = [t.strip() for t in rest.split(",") if t.strip()]
     if not items or any("=" not in t for t in items):
         raise ValueError(f"--mappings {name}: give parameters as {base}:name=value")
-    if head.cosine or head.mapping.name != base:
-        raise ValueError(f"--mappings {name}: {base} takes no parameters here")
     params = {}
     for item in items:
         key, _, text = item.partition("=")
-        params[key.strip()] = _parse_value(head.mapping, key.strip(), text.strip(), name)
-    return _mapping_head(head.mapping, params)
+        params[key.strip()] = _parse_value(head, key.strip(), text.strip(), name)
+    return _margin_head(base, params) if head.cosine else _mapping_head(head.mapping, params)
 
 
 def default_heads() -> tuple[Head, ...]:
@@ -204,6 +246,15 @@ def parse_heads(spec: str) -> tuple[Head, ...]:
         raise ValueError(f"--mappings must be 'all' or comma-separated names, got {spec!r}")
     found = [get_head(e) for e in entries]
     return tuple({h.name: h for h in found}.values())
+
+
+def too_big(head: Head, n_classes: int) -> str | None:
+    """Why ``head``'s parameters do not suit ``n_classes`` (``k`` of ``sparse_softmax`` above
+    the number of classes), or None."""
+    k = head.kwargs.get("k")
+    if k is not None and k > n_classes:
+        return f"k must be <= the number of classes ({n_classes}), got k={k}"
+    return None
 
 
 def order_key(name: str) -> tuple:

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["GOALS", "check_device", "check_goal", "check_positive_float", "check_positive_int",
-           "arg_type"]
+__all__ = ["GOALS", "check_device", "check_executor", "check_goal", "check_positive_float",
+           "check_positive_int", "arg_type"]
 
 #: ``--goal``: what the recommendation optimises (see ``softmaxlab.lab.evidence``).
 GOALS = ("accuracy", "calibration", "sparsity", "speed")
@@ -50,6 +50,25 @@ def check_positive_float(flag: str, value) -> float:
 def check_goal(value: str) -> str:
     if value not in GOALS:
         raise ValueError(f"--goal must be one of {', '.join(GOALS)}, got {value!r}")
+    return value
+
+
+def check_executor(value: str, address: str | None = None) -> str:
+    """``--executor``: ``local``, or ``ray`` with Ray installed; ``--address`` only with
+    ``ray``, and answering (:func:`softmaxlab.lab.executor.check_address`)."""
+    from .executor import EXECUTORS, check_address, import_ray
+
+    if value not in EXECUTORS:
+        raise ValueError(f"--executor must be one of {', '.join(EXECUTORS)}, got {value!r}")
+    if address is not None and value != "ray":
+        raise ValueError(f"--address {address} needs --executor ray")
+    if value == "ray":
+        try:
+            import_ray()
+        except ImportError as e:
+            raise ValueError(f"--executor ray: {e}") from None
+    if address is not None:
+        check_address(address)
     return value
 
 

@@ -1,13 +1,16 @@
 """``results.jsonl``: the lab's crash-safe record of finished runs.
 
-One JSON object per line, written by one process only (the one that runs ``compare``): each
-record is appended as one complete line, then flushed and fsync'ed. A line torn by a crash
-(``kill -9``, power loss) is the last one and has no final newline: :func:`read` ignores it
-and :func:`repair` cuts it off before anything new is appended, so it is never counted.
+One JSON object per line, written by one process only (the one that runs ``compare`` or
+``sweep``): each record is appended as one complete line, then flushed and fsync'ed. A line
+torn by a crash (``kill -9``, power loss) is the last one and has no final newline:
+:func:`read` ignores it and :func:`repair` cuts it off before anything new is appended, so
+it is never counted.
 
 Records have ``kind``: ``"run"`` (one finished ``(mapping, seed)``, ``status`` ``ok`` or
-``failed``), ``"skipped"`` (a mapping that cannot be trained, with the reason) or
-``"session"`` (one ``compare`` invocation: wall time, jobs, runs done).
+``failed``; a sweep's also name their Tune ``trial``), ``"skipped"`` (a mapping that cannot
+be trained, with the reason), ``"stopped"`` (a sweep's trial that ASHA stopped early: its
+epochs and last validation value) or ``"session"`` (one ``compare`` or ``sweep`` invocation:
+wall time, jobs, executor, runs done).
 """
 
 from __future__ import annotations

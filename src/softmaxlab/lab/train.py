@@ -286,7 +286,7 @@ def fit_temperature(model, head: Head, inputs, targets, device: torch.device,
 def _train(model, head: Head, dataset, cfg: RunConfig, seed: int, device: torch.device,
            on_epoch=None):
     """Train in place; returns (seconds inside the training steps of each epoch, learning
-    curve). ``on_epoch(epoch)`` is called after each epoch."""
+    curve). ``on_epoch(epoch, curve)`` is called after each epoch with the curve so far."""
     x, y = examples(dataset, "train", cfg.bptt)
     vx, vy = examples(dataset, "val", cfg.bptt)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -314,7 +314,7 @@ def _train(model, head: Head, dataset, cfg: RunConfig, seed: int, device: torch.
         curve["train_loss"].append(total / steps)
         curve[f"val_{primary}"].append(evaluate(model, head, vx, vy, device, full=False)[primary])
         if on_epoch is not None:
-            on_epoch(epoch)
+            on_epoch(epoch, curve)
     return epoch_times, curve
 
 
@@ -327,7 +327,8 @@ def warm_up() -> None:
 
 def run(dataset, head_name: str, seed: int, cfg: RunConfig, on_epoch=None) -> dict:
     """Train and measure ``head_name`` with ``seed``: one results.jsonl record.
-    ``on_epoch(epoch)`` is called after each training epoch (progress)."""
+    ``on_epoch(epoch, curve)`` is called after each training epoch (progress; ``curve``:
+    the training loss and the validation metric of each epoch so far)."""
     warm_up()
     record = {"mapping": head_name, "seed": seed}
     start = time.perf_counter()
