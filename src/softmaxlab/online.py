@@ -107,6 +107,21 @@ def _topk_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 ops.register_vjp("softmax_topk", recomputed_vjp(_topk_rows))
 
 
+def _common_call(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The top-k of a graph-free call along the last dim with a valid ``k`` straight from
+    its kernel (the block search, or for short rows the softmax kernel at the top-k
+    logits), decided in cached lookups; ``None`` for the general path."""
+    spec = eager("softmax_topk", x, (("k", k), ("n", x.shape[-1])))
+    if spec is not None:
+        p, idx, _ = ops.row_function(spec.name, "topk_forward")(x.contiguous(), k)
+        return p, idx
+    fast = eager("softmax", x)
+    if fast is None:
+        return None
+    idx = x.topk(k, dim=-1).indices
+    return ops.row_function(fast.name, "expnorm_forward")(x, False).gather(-1, idx), idx
+
+
 def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The ``k`` largest softmax probabilities along ``dim`` and their indices.
 
@@ -122,6 +137,10 @@ def softmax_topk(x: torch.Tensor, k: int, *, dim: int = -1) -> tuple[torch.Tenso
         >>> i
         tensor([1, 2])
     """
+    if dim == -1 and type(k) is int and type(x) is torch.Tensor and 0 < k <= x.shape[-1:].numel():
+        found = _common_call(x, k)
+        if found is not None:
+            return found
     check_input(x)
     d = check_dim(x, dim)
     check_k(x, d, k)

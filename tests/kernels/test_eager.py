@@ -125,7 +125,7 @@ def test_cross_entropy_common_call_is_torch_fused_loss_and_falls_back_where_it_m
 
     z = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([0, 4, 2, 1, 3, 0])
-    assert registry.eager("cross_entropy", z, {"mapping": "softmax", "params": {}}) is not None
+    assert registry.eager("cross_entropy", z, (("mapping", "softmax"), ("params", ()))) is not None
     torch.testing.assert_close(losses.cross_entropy(z, t),
                                torch.nn.functional.cross_entropy(z, t), rtol=0, atol=0)
     torch.testing.assert_close(losses.cross_entropy(z, t),
@@ -137,3 +137,15 @@ def test_cross_entropy_common_call_is_torch_fused_loss_and_falls_back_where_it_m
         losses.cross_entropy(torch.randn(3, 5), torch.tensor([0, 9, 1]))
     with pytest.raises(ValueError, match="shape"):
         losses.cross_entropy(torch.randn(3, 5), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize(("shape", "k"), [((4, 8), 2), ((3, 2048), 5), ((2, 3, 9), 9)])
+def test_softmax_topk_common_call_equals_the_general_path(shape, k):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    x.view(-1)[3] = float("-inf")
+    p, idx = sl.softmax_topk(x, k)
+    p_general, idx_general = sl.softmax_topk(x, k, dim=x.dim() - 1)
+    torch.testing.assert_close(p, p_general, rtol=0, atol=0)
+    assert torch.equal(idx, idx_general)
+    ref = torch.softmax(x.double(), -1).gather(-1, x.topk(k, -1).indices)
+    torch.testing.assert_close(p.double(), ref, rtol=1e-5, atol=1e-7)

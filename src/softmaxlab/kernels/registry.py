@@ -217,13 +217,13 @@ _EAGER_DTYPES = (torch.float32, torch.float64)
 
 
 def eager(op: str, x: torch.Tensor,
-          facts: Mapping[str, Any] | None = None) -> KernelSpec | None:
+          facts: tuple[tuple[str, Any], ...] | None = None) -> KernelSpec | None:
     """:func:`select` for the common call, in one dict lookup: an eager call on a plain,
     non-empty float32/float64 CPU tensor of at least one dimension that needs no autograd
     graph, outside ``torch.compile``, ``torch.func`` and ``torch.jit.trace``, of an op whose
-    kernels apply unconditionally, or given ``facts``: a constant of the caller's module
-    (cached by identity) for which they are decided once. ``None`` otherwise (or for the
-    reference): the caller then takes its general path, which decides everything again.
+    kernels apply unconditionally, or are decided by ``facts`` (``(name, value)`` pairs,
+    hashable: part of the cache key). ``None`` otherwise (or for the reference): the caller
+    then takes its general path, which decides everything again.
 
     Example:
         >>> eager("softmax", torch.zeros(2, 3)).name
@@ -235,11 +235,11 @@ def eager(op: str, x: torch.Tensor,
         return None
     request = (_OVERRIDE[-1] if _OVERRIDE else
                _ENV_DATA.get(_ENV_KEY) if _ENV_DATA is not None else os.environ.get(ENV_VAR))
-    key = (op, x.dtype, request, id(facts))
+    key = (op, x.dtype, request, facts)
     found = _EAGER.get(key, _MISSING)
     if found is _MISSING:
         decided = facts is not None or all(s.applies is None for s in _SPECS.get(op, ()))
-        found = (select(op, x, **(facts or {})) if decided and x.dtype in _EAGER_DTYPES
+        found = (select(op, x, **dict(facts or ())) if decided and x.dtype in _EAGER_DTYPES
                  else None)
         if found is None or found.backend == "cpu":  # Triton on CPU tensors depends on
             _EAGER[key] = found                      # TRITON_INTERPRET: decided each call

@@ -118,7 +118,7 @@ def cross_entropy(
 
 
 #: The kernel facts of the common call (:func:`_common_call`), decided once.
-_SOFTMAX_FACTS = {"mapping": "softmax", "params": {}}
+_SOFTMAX_FACTS = (("mapping", "softmax"), ("params", ()))
 
 
 def _common_call(logits: torch.Tensor, target: object) -> torch.Tensor | None:
