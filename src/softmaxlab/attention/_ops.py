@@ -59,7 +59,8 @@ def _(dout, q, k, v, mask, sink, seed, causal, L, scale, dropout_p, mapping, key
       sink_grad, kernel):
     dmask = q.new_empty(mask.shape) if mask_grad and mask is not None else q.new_empty(0)
     dsink = q.new_empty(sink.shape) if sink_grad and sink is not None else q.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask, dsink
+    # contiguous, as the kernels return them (not q's strides: q may be a transposed view)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), dmask, dsink
 
 
 _NON_TENSOR = ("causal", "L", "scale", "dropout_p", "mapping", "key", "want_stats", "kernel")

@@ -59,7 +59,8 @@ SIGMOID_BIAS = Param(
     "a finite number or '-log n' (minus the log of the number of keys)",
     valid=(-1.0, "-log n"), bad=(float("inf"), float("nan"), "log n"))
 SINK = Param(
-    "sink", 0.0, (numbers.Real, torch.Tensor), lambda v: bool(torch.isfinite(torch.as_tensor(v)).all()),
+    "sink", 0.0, (numbers.Real, torch.Tensor),
+    lambda v: bool(torch.isfinite(torch.as_tensor(v)).all()),
     "a finite number, or a floating tensor broadcastable to the query's batch and head dims",
     valid=(-2.0, 1.5), bad=(float("inf"), float("nan"), "0"))
 
@@ -212,8 +213,15 @@ def _score_parts(name: str, params: dict[str, Any]):
 
 
 # ------------------------------------------------------------------------ binding
+@torch.compiler.assume_constant_result
+def _key(params: dict[str, Any]) -> str:
+    """The parameters (less ``sink``) as canonical JSON, the custom ops' argument (a
+    constant to ``torch.compile``, which cannot trace the JSON encoder)."""
+    return json.dumps({k: v for k, v in params.items() if k != "sink"}, sort_keys=True)
+
+
 def _bind(norm: Normalizer, params: dict[str, Any], n_keys: int | None) -> BoundNormalizer:
-    key = json.dumps({k: v for k, v in params.items() if k != "sink"}, sort_keys=True)
+    key = _key(params)
     name = norm.name
     if name == "entmax":
         alpha = float(params["alpha"])
@@ -227,7 +235,7 @@ def _bind(norm: Normalizer, params: dict[str, Any], n_keys: int | None) -> Bound
             if n_keys is None:
                 raise ValueError("bias='-log n' needs the number of keys")
             bias = -math.log(max(n_keys, 1))
-        return _pointwise(float(bias), json.dumps({"bias": float(bias)}))
+        return _pointwise(float(bias), _key({"bias": float(bias)}))
     if name == "softmax1":
         return _softmax1(key)
     m = norm.mapping

@@ -71,8 +71,9 @@ class MultiheadAttention(nn.MultiheadAttention):
 
     Args: torch's (``embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim,
     vdim, batch_first, device, dtype``), then ``mapping`` (default ``"softmax"``: torch's
-    module, up to rounding) and the mapping's parameters (e.g. ``alpha=1.6`` for
-    ``"entmax"``).
+    module, up to rounding) and the mapping's parameters, as keywords (``alpha=1.6`` for
+    ``"entmax"``) or in ``mapping_params`` (needed for ``"sigmoid"``'s ``bias``, whose name
+    is torch's projection-bias flag: ``mapping_params={"bias": "-log n"}``).
 
     ``forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
     average_attn_weights=True, is_causal=False)``: query ``(N, L, E)`` (``batch_first``) or
@@ -81,8 +82,9 @@ class MultiheadAttention(nn.MultiheadAttention):
     ``(output shaped like query, weights (N, L, S) averaged over heads or (N, H, L, S), or
     None)``; the weights are the probabilities after dropout, as torch's. Unlike torch,
     ``is_causal=True`` applies the causal mask itself (together with ``attn_mask`` if given,
-    which torch takes as a hint that it is the causal mask), and a query with every key
-    excluded gets zero weights and output instead of NaN.
+    which torch takes as a hint that it is the causal mask; the keys ``add_bias_kv`` and
+    ``add_zero_attn`` append stay visible to every query, as in torch's weights path), and a
+    query with every key excluded gets zero weights and output instead of NaN.
 
     Example:
         >>> mha = MultiheadAttention(8, 2, batch_first=True, mapping="sparsemax")
@@ -97,7 +99,8 @@ class MultiheadAttention(nn.MultiheadAttention):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: int | None = None,
                  vdim: int | None = None, batch_first: bool = False, device=None, dtype=None,
-                 *, mapping: str = "softmax", **mapping_params: Any):
+                 *, mapping: str = "softmax", mapping_params: dict[str, Any] | None = None,
+                 **params: Any):
         for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads),
                             ("kdim", kdim), ("vdim", vdim)):
             if value is None and name in ("kdim", "vdim"):
@@ -110,6 +113,21 @@ class MultiheadAttention(nn.MultiheadAttention):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
                 or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        for name, flag in (("bias", bias), ("add_bias_kv", add_bias_kv),
+                           ("add_zero_attn", add_zero_attn), ("batch_first", batch_first)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r} (a mapping parameter "
+                                f"of that name goes in mapping_params)")
+        if mapping_params is None:
+            mapping_params = {}
+        if not isinstance(mapping_params, dict):
+            raise TypeError(f"mapping_params must be a dict or None, got "
+                            f"{type(mapping_params).__name__}")
+        both = sorted(set(mapping_params) & set(params))
+        if both:
+            raise TypeError(f"mapping parameter(s) {both} given twice (keyword and "
+                            f"mapping_params)")
+        mapping_params = {**mapping_params, **params}
         get_normalizer(mapping).validate(mapping_params)
         super().__init__(embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim,
                          vdim, batch_first, device, dtype)
@@ -182,6 +200,10 @@ class MultiheadAttention(nn.MultiheadAttention):
             else:
                 raise ValueError(f"attn_mask must have shape {(L, S)} or {(N * H, L, S)}, got "
                                  f"{tuple(attn_mask.shape)}")
+        if is_causal and (self.bias_k is not None or self.add_zero_attn):
+            # causal over the given keys; the appended bias and zero keys stay attended
+            causal = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
+            mask, is_causal = _combine(mask, causal[None, None], dt), False
         q, k, v = self._project(query, key, value)
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.expand(N, 1, E)], dim=1)
