@@ -6,6 +6,7 @@
   ``src/softmaxlab/kernels/triton/*.py`` without triton. The Triton modules (no doctests) are
   not collected either where no CUDA device is available: importing them there would import
   ``triton`` before ``tests/kernels/triton`` sets ``TRITON_INTERPRET=1``.
+* ``src/softmaxlab/integrations/transformers.py`` is not collected without transformers.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ collect_ignore: list[str] = []
 if importlib.util.find_spec("numba") is None:
     collect_ignore += [str(p) for p in sorted((_KERNELS / "cpu").glob("*.py"))
                        if p.name != "__init__.py"]
+if importlib.util.find_spec("transformers") is None:
+    collect_ignore.append(str(_KERNELS.parent / "integrations" / "transformers.py"))
 collect_ignore_glob: list[str] = []
 if importlib.util.find_spec("triton") is None or not torch.cuda.is_available():
     collect_ignore_glob.append(str(_KERNELS / "triton" / "*.py"))

@@ -1,0 +1,42 @@
+"""``use_mapping``: the attention mapping a block of code runs with, where the caller does not
+pass one itself (the Hugging Face transformers integration reads it)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from typing import Any
+
+from .normalizers import get_normalizer
+
+__all__ = ["current_mapping", "use_mapping"]
+
+_CURRENT: contextvars.ContextVar[tuple[str, dict[str, Any]] | None] = contextvars.ContextVar(
+    "softmaxlab_attention_mapping", default=None)
+
+
+@contextlib.contextmanager
+def use_mapping(mapping: str, **params: Any) -> Iterator[None]:
+    """Within the block, attention that takes its mapping from the context (a model run
+    with ``attn_implementation="softmaxlab"``) uses ``mapping`` with ``params``; blocks nest,
+    the innermost wins; the name and parameters are checked on entry.
+
+    Example:
+        >>> with use_mapping("entmax", alpha=1.25):
+        ...     current_mapping()
+        ('entmax', {'alpha': 1.25})
+        >>> current_mapping() is None
+        True
+    """
+    get_normalizer(mapping).validate(params)
+    token = _CURRENT.set((mapping, dict(params)))
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def current_mapping() -> tuple[str, dict[str, Any]] | None:
+    """``(mapping, params)`` of the innermost :func:`use_mapping` block, or ``None``."""
+    return _CURRENT.get()
