@@ -319,6 +319,23 @@ def test_compile_fullgraph_equals_eager(mapping):
     assert_close(g, g0, ATTENTION[F32], "compiled gradient")
 
 
+def test_inside_a_transformer_encoder_layer_in_inference():
+    """torch's encoder-layer fast path (eval, no grad) would run fused softmax on the
+    weights; the layer must call our module instead, as in training mode."""
+    torch.manual_seed(8)
+    layer = torch.nn.TransformerEncoderLayer(E, H, 16, dropout=0.0, batch_first=True).eval()
+    ours = snn.MultiheadAttention(E, H, batch_first=True, mapping="sparsemax")
+    ours.load_state_dict(layer.self_attn.state_dict())
+    x = torch.randn(N, L, E, generator=gen("mha-layer"))
+    softmax_out = layer(x)
+    layer.self_attn = ours
+    with torch.no_grad():
+        fast = layer(x)
+    slow = layer(x)
+    assert_close(fast, slow, ATTENTION[F32], "no-grad inference = autograd path")
+    assert (fast - softmax_out).abs().amax() > 1e-4, "sparsemax, not torch's softmax"
+
+
 def test_extra_repr_names_the_mapping():
     text = repr(snn.MultiheadAttention(E, H, mapping="entmax", alpha=1.25))
     assert "mapping='entmax'" in text and "alpha=1.25" in text

@@ -66,6 +66,13 @@ def _pad_key(mask: torch.Tensor | None) -> torch.Tensor | None:
     return F.pad(mask, (0, 1), value=True if mask.dtype == torch.bool else 0.0)
 
 
+def _keep_off_fused_paths(module: nn.Module, args: tuple) -> None:
+    """A no-op forward pre-hook. ``nn.TransformerEncoderLayer``'s inference fast path (eval,
+    no grad) runs torch's fused softmax kernel on its ``self_attn``'s weights without calling
+    the module, unless the layer holds a module with hooks: this one keeps ``mapping``
+    honored there."""
+
+
 class MultiheadAttention(nn.MultiheadAttention):
     """Drop-in ``torch.nn.MultiheadAttention`` whose attention is ``mapping``.
 
@@ -133,6 +140,7 @@ class MultiheadAttention(nn.MultiheadAttention):
                          vdim, batch_first, device, dtype)
         self.mapping = mapping
         self.mapping_params = dict(mapping_params)
+        self.register_forward_pre_hook(_keep_off_fused_paths)
 
     def extra_repr(self) -> str:
         params = "".join(f", {k}={v!r}" for k, v in self.mapping_params.items())
