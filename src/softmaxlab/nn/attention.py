@@ -198,22 +198,23 @@ class MultiheadAttention(nn.MultiheadAttention):
                              f"length, got shapes {tuple(key.shape)} and {tuple(value.shape)}")
         if kpm is not None and kpm.shape != (N, S):
             raise ValueError(f"key_padding_mask must have shape {(N, S) if batched else (S,)}, "
-                             f"got {tuple(key_padding_mask.shape)}")
+                             f"got {tuple(kpm.shape[1:] if not batched else kpm.shape)}")
         mask = _keep_or_bias(attn_mask, "attn_mask", dt)
         if mask is not None:
-            if mask.shape == (L, S):
+            given = tuple(mask.shape)
+            if given == (L, S):
                 mask = mask[None, None]
-            elif mask.shape == (N * H, L, S):
+            elif given == (N * H, L, S):
                 mask = mask.view(N, H, L, S)
             else:
                 raise ValueError(f"attn_mask must have shape {(L, S)} or {(N * H, L, S)}, got "
-                                 f"{tuple(attn_mask.shape)}")
+                                 f"{given}")
         if is_causal and (self.bias_k is not None or self.add_zero_attn):
             # causal over the given keys; the appended bias and zero keys stay attended
             causal = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
             mask, is_causal = _combine(mask, causal[None, None], dt), False
         q, k, v = self._project(query, key, value)
-        if self.bias_k is not None:
+        if self.bias_k is not None and self.bias_v is not None:
             k = torch.cat([k, self.bias_k.expand(N, 1, E)], dim=1)
             v = torch.cat([v, self.bias_v.expand(N, 1, E)], dim=1)
             mask, kpm = _pad_key(mask), _pad_key(kpm)
