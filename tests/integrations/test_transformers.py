@@ -128,6 +128,8 @@ def test_bad_arguments_raise_naming_them():
     layer = _Layer(is_causal=False)
     expect_raises(ValueError, ["softcap", "30.0"], integration.attention_forward, layer, q, q,
                   q, None, softcap=30.0)
+    expect_raises(ValueError, ["s_aux"], integration.attention_forward, layer, q, q, q, None,
+                  s_aux=torch.zeros(2))
     layer.config.softmaxlab_params = [("alpha", 1.2)]
     expect_raises(TypeError, ["softmaxlab_params", "list"], integration.attention_forward,
                   layer, q, q, q, None)

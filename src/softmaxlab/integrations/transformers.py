@@ -80,6 +80,10 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if kwargs.get("softcap") is not None:
         raise ValueError(f"softcap is not supported by the softmaxlab attention, got "
                          f"softcap={kwargs['softcap']!r}")
+    if kwargs.get("s_aux") is not None:
+        raise ValueError("s_aux (learned attention sinks) is not supported by the softmaxlab "
+                         "attention integration; softmaxlab.attention's mapping 'softmax1' "
+                         "takes a sink")
     mapping, params = mapping_of(module)
     L = query.shape[2]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
