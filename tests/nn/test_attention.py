@@ -268,14 +268,19 @@ def test_dropout_in_training_only_and_weights_after_dropout():
 
 # ============================================================ 3. serialization, export, compile
 class Block(torch.nn.Module):
-    def __init__(self, mapping: str):
+    """Self-attention then a Linear layer; with ``need_weights`` the head-averaged weights
+    are added to the output (so that both paths are exercised)."""
+
+    def __init__(self, mapping: str, need_weights: bool = False):
         super().__init__()
         self.attn = snn.MultiheadAttention(E, H, batch_first=True, mapping=mapping)
         self.proj = torch.nn.Linear(E, E)
+        self.need_weights = need_weights
 
     def forward(self, x, kpm):
-        out, _ = self.attn(x, x, x, key_padding_mask=kpm, need_weights=False)
-        return self.proj(out)
+        out, w = self.attn(x, x, x, key_padding_mask=kpm, need_weights=self.need_weights)
+        out = self.proj(out)
+        return out if w is None else out + w.sum(-1, keepdim=True) * w[..., :1]
 
 
 def _block_args():
@@ -284,10 +289,11 @@ def _block_args():
     return torch.randn(N, L, E, generator=gen("mha-block")), kpm
 
 
+@pytest.mark.parametrize("need_weights", [False, True], ids=["no-weights", "weights"])
 @pytest.mark.parametrize("mapping", ["softmax", "entmax15"])
-def test_pickle_deepcopy_and_export(mapping):
+def test_pickle_deepcopy_and_export(mapping, need_weights):
     torch.manual_seed(5)
-    model = Block(mapping)
+    model = Block(mapping, need_weights)
     args = _block_args()
     model(*args).sum().backward()
     model.eval()
@@ -302,11 +308,12 @@ def test_pickle_deepcopy_and_export(mapping):
     assert_close(torch.export.load(buf).module()(*args), expected, ATTENTION[F32], "export")
 
 
+@pytest.mark.parametrize("need_weights", [False, True], ids=["no-weights", "weights"])
 @pytest.mark.parametrize("mapping", ["softmax", "entmax15"])
-def test_compile_fullgraph_equals_eager(mapping):
+def test_compile_fullgraph_equals_eager(mapping, need_weights):
     torch._dynamo.reset()
     torch.manual_seed(6)
-    model = Block(mapping)
+    model = Block(mapping, need_weights)
     x, kpm = _block_args()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     xs = x.clone().requires_grad_()
