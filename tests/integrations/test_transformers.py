@@ -264,3 +264,19 @@ def test_scale_default_is_one_over_sqrt_d():
     out, _ = integration.attention_forward(_Layer(False), q, k, v, None)
     exp, _ = oracle.attention(q, k, v, scale=1 / math.sqrt(4))
     assert_close(out, exp.transpose(1, 2), ATTENTION[F64], "default scale")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_compiled_model_equals_eager_and_follows_the_context(kind):
+    """``torch.compile(fullgraph=True)`` of a model (mapping from the config) equals eager;
+    inside ``use_mapping`` it recompiles for the new mapping, and back outside."""
+    torch._dynamo.reset()
+    _, ours = _models(kind, F32, softmaxlab_mapping="entmax15")
+    ids = _ids(kind)
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    assert_close(_hidden(compiled, ids), _hidden(ours, ids), ATTENTION[F32], "config mapping")
+    with sa.use_mapping("sparsemax"):
+        sparse = _hidden(ours, ids)
+        assert_close(_hidden(compiled, ids), sparse, ATTENTION[F32], "context mapping")
+    assert (sparse - _hidden(ours, ids)).abs().amax() > 1e-6
+    assert_close(_hidden(compiled, ids), _hidden(ours, ids), ATTENTION[F32], "back outside")
