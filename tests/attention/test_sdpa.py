@@ -165,6 +165,9 @@ def test_softmax_takes_torch_sdpa_and_the_rest_the_blocked_kernel():
     q = torch.zeros(1, 1, 2, 4)
     assert kernels.kernel_name("attention", q, sdpa=True) == "cpu.attention_sdpa"
     assert kernels.kernel_name("attention", q, sdpa=False) == "cpu.attention"
+    for name in ("sparsemax", "entmax15"):
+        assert kernels.kernel_name("attention", q, sdpa=False, mapping=name) == \
+            "cpu.attention_sparse"
     with kernels.use("reference"):
         assert kernels.kernel_name("attention", q, sdpa=False) == "reference"
 

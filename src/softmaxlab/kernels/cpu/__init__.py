@@ -21,6 +21,8 @@ exp-normalizing mapping)    ``cpu.softmax_torch`` :mod:`.softmax` (torch's kerne
                             softmax``             chunk written over its logits
 ``attention``               ``cpu.attention_      :mod:`..sdpa`: torch's own SDPA (softmax, no
                             sdpa``                statistics or sink asked for)
+                            ``cpu.attention_      :mod:`.attention_sparse` (numba): sparsemax,
+                            sparse``              entmax15, visiting only the support
                             ``cpu.attention``     :mod:`.attention`: blocked over queries,
                                                   any normalizer, flash-style backward
 ==========================  ====================  =============================================
@@ -33,6 +35,8 @@ per kernel), later processes load it.
 """
 
 from __future__ import annotations
+
+import torch
 
 from ..._constants import FLOAT32_MATH, FLOATING
 from ..registry import KernelSpec, register
@@ -67,6 +71,8 @@ _cpu("cross_entropy", "cpu.cross_entropy_torch", "softmax", FLOATING, needs=None
      applies=lambda f: f["mapping"] == "softmax" and not f["params"])
 _cpu("attention", "cpu.attention_sdpa", "softmaxlab.kernels.sdpa", FLOATING, needs=None,
      applies=lambda f: f["sdpa"])
+_cpu("attention", "cpu.attention_sparse", "attention_sparse", (torch.float32, torch.float64),
+     applies=lambda f: f.get("mapping") in ("sparsemax", "entmax15"))
 _cpu("attention", "cpu.attention", "attention", FLOATING, needs=None)
 _cpu("linear_cross_entropy", "cpu.linear_ce_softmax", "linear_ce", needs=None,
      applies=lambda f: f["mapping"] == "softmax" and not f["params"])

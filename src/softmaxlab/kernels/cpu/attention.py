@@ -92,10 +92,10 @@ def _sub(t: torch.Tensor, dim: int, sl: slice) -> torch.Tensor:
 
 
 class _Block:
-    """One block: where it is, its scores and probabilities."""
+    """One block: where it is, its scores and (unless ``norm`` is ``None``) probabilities."""
 
     def __init__(self, q5, k, mask, sink, causal, scale, norm, b, h, l, dims):
-        B, Hk, G, L, S = dims
+        _, _, G, _, S = dims
         self.b, self.h, self.l = b, h, l
         nb, nh, bq = b.stop - b.start, h.stop - h.start, l.stop - l.start
         self.s_end = s_end = min(S, l.stop) if causal else S
@@ -120,7 +120,7 @@ class _Block:
             sb = _sub(_sub(sink, 0, b), 1, h)[..., None, None]
             self.sink = sb.expand(nb, nh, G, bq, 1).reshape(nb, nh, G * bq, 1)
         self.s = sc
-        self.p = norm.forward(sc, self.sink)
+        self.p = None if norm is None else norm.forward(sc, self.sink)
 
     def keep(self, seed, dims, p: float) -> torch.Tensor:
         idx = score_index(*dims, self.b, self.h, self.l, self.s_end, self.s.device)
@@ -187,8 +187,7 @@ def _reduce_to(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 def attention_backward(dout, q, k, v, mask, sink, seed, causal: bool, L: int, scale: float,
                        dropout_p: float, norm, mask_grad: bool, sink_grad: bool):
     """``(dq, dk, dv, dmask, dsink)``; ``dmask``/``dsink`` are empty unless asked for."""
-    B, Hk, R, _ = q.shape
-    G = R // L
+    G = q.shape[-2] // L
     dq = torch.empty_like(q)
     dk = torch.zeros_like(k)
     dv = torch.zeros_like(v)
