@@ -11,9 +11,10 @@ module imports nothing above the kernels).
 Per block of ``bq`` query positions (all ``G`` query heads of a key/value head together,
 several key/value heads and batch entries when they fit :data:`BLOCK_ELEMS`):
 
-1. scores ``s = scale * q_blk @ k^T`` over the keys the block can see (under ``is_causal``
-   only the prefix ``k[:l1]``: the fully masked key blocks are never computed), the mask
-   and the causal triangle applied (``-inf`` = excluded);
+1. scores ``s = (scale * q_blk) @ k^T``, into one buffer that every block reuses, over the
+   keys the block can see (under ``is_causal`` only the prefix ``k[:l1]``: the fully masked
+   key blocks are never computed), the mask and the causal triangle applied (``-inf`` =
+   excluded);
 2. ``p = norm.forward(s)``: the mapping's exact row function on rows of ``S`` entries (one
    pass of the online normalizer inside softmax's row kernel, the exact threshold search of
    sparsemax/entmax15, bisection for alpha-entmax, ...);
@@ -32,6 +33,8 @@ same result.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -94,15 +97,16 @@ def _sub(t: torch.Tensor, dim: int, sl: slice) -> torch.Tensor:
 class _Block:
     """One block: where it is, its scores and (unless ``norm`` is ``None``) probabilities."""
 
-    def __init__(self, q5, k, mask, sink, causal, scale, norm, b, h, l, dims):
+    def __init__(self, q5, k, mask, sink, causal, scale, norm, b, h, l, dims, buf):
         _, _, G, _, S = dims
         self.b, self.h, self.l = b, h, l
         nb, nh, bq = b.stop - b.start, h.stop - h.start, l.stop - l.start
         self.s_end = s_end = min(S, l.stop) if causal else S
         self.qb = q5[b, h, :, l].reshape(nb, nh, G * bq, q5.shape[-1])
         self.kb = k[b, h, :s_end]
-        sc = torch.matmul(self.qb, self.kb.transpose(-1, -2))
-        sc.mul_(scale)
+        shape = (nb, nh, G * bq, s_end)
+        sc = torch.matmul(self.qb * scale, self.kb.transpose(-1, -2),
+                          out=buf[:math.prod(shape)].view(shape))
         s5 = sc.view(nb, nh, G, bq, s_end)
         if mask is not None:
             mb = _sub(_sub(_sub(mask, 0, b), 1, h), 3, l)
@@ -140,11 +144,13 @@ def _blocks(q, k, mask, sink, causal, L, scale, norm):
     dims = (B, Hk, G, L, S)
     q5 = q.view(B, Hk, G, L, E) if q.is_contiguous() else q.reshape(B, Hk, G, L, E)
     nb, nh, bq = _plan(B, Hk, G, L, S)
+    buf = q.new_empty(min(nb, B) * min(nh, Hk) * G * min(bq, L) * S)  # each block's scores
     for b0 in range(0, B, nb):
         for h0 in range(0, Hk, nh):
             for l0 in range(0, L, bq):
                 yield _Block(q5, k, mask, sink, causal, scale, norm, slice(b0, min(b0 + nb, B)),
-                             slice(h0, min(h0 + nh, Hk)), slice(l0, min(l0 + bq, L)), dims), dims
+                             slice(h0, min(h0 + nh, Hk)), slice(l0, min(l0 + bq, L)), dims,
+                             buf), dims
 
 
 def _rows5(t: torch.Tensor, G: int, L: int) -> torch.Tensor:

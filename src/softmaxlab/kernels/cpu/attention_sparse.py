@@ -38,7 +38,7 @@ from .sparse import MAX_NEWTON, _entmax15_tau, _sparsemax_tau
 
 @inline
 def _max(r, cst):
-    """The row's max (NaN if it has one, ``-inf`` if empty or all ``-inf``)."""
+    """The row's max (NaN if it has one, ``-inf`` if it is empty or all ``-inf``)."""
     m = cst[4]
     for j in range(r.shape[0]):
         m = maximum(m, r[j])
@@ -48,15 +48,15 @@ def _max(r, cst):
 @inline
 def _threshold(r, m, cst, entmax, newton_steps, vals, idx, tmp):
     """``(tau, c)`` of a score row ``r`` with finite max ``m``: the threshold of
-    ``a = (r - m) * half`` in ``r``'s dtype, and the ``c`` candidates' key indices in
-    ``idx[:c]`` (``vals``, ``tmp``: scratch)."""
+    ``a = (r - m) * half`` in ``r``'s dtype, and the candidates' keys in ``idx[:c]``
+    (``vals``, ``tmp``: scratch)."""
     half, neg1 = cst[0], cst[1]
     c = 0
-    for j in range(r.shape[0]):  # branch-free: every entry written, c advances on candidates
-        a = (r[j] - m) * half
-        vals[c] = a
+    for j in range(r.shape[0]):  # branch-free: every index written, c advances on candidates
         idx[c] = j
-        c += a > neg1
+        c += (r[j] - m) * half > neg1
+    for t in range(c):
+        vals[t] = (r[idx[t]] - m) * half
     tmp[0] = _entmax15_tau(vals, c, newton_steps) if entmax else _sparsemax_tau(vals, c)
     return tmp[0], c
 
@@ -177,7 +177,7 @@ def _consts(norm, dtype: torch.dtype) -> tuple[bool, np.ndarray]:
 
 def _scratch(n: int, dtype: torch.dtype, dense: int) -> tuple:
     dt = _NUMPY[dtype]
-    return ((n, dt), (n, np.int64), *([(n, dt)] * dense), (1, dt))
+    return ((n, dt), (n, np.int32), *([(n, dt)] * dense), (1, dt))
 
 
 def attention_forward(q, k, v, mask, sink, seed, causal: bool, L: int, scale: float,
