@@ -22,8 +22,9 @@ several key/value heads and batch entries when they fit :data:`BLOCK_ELEMS`):
    block's support enters the product (leading and trailing all-zero key blocks are skipped).
 
 Peak transient memory is one block, at most :data:`BLOCK_ELEMS` scores (and the mapping's
-temporaries of that size), whatever ``L`` and ``S`` are as long as one query row of a
-head's group fits; the result and the saved tensors are O(L D). The backward pass
+temporaries of that size; :mod:`.attention_sparse` uses these blocks, larger), whatever
+``L`` and ``S`` are as long as one query row of a head's group fits; the result and the
+saved tensors are O(L D). The backward pass
 recomputes each block's scores and ``p`` and accumulates ``dq``, ``dk``, ``dv`` (and the
 gradients of a float mask and of the sink, when asked) block by block.
 
@@ -75,9 +76,9 @@ def score_index(B: int, Hk: int, G: int, L: int, S: int, b: slice, h: slice, l: 
     return base[..., None] * S + torch.arange(s_end, device=device, dtype=torch.int64)
 
 
-def _plan(B: int, Hk: int, G: int, L: int, S: int) -> tuple[int, int, int]:
-    """(batch entries, key/value heads, query positions) per block."""
-    budget = max(BLOCK_ELEMS, 1)
+def _plan(B: int, Hk: int, G: int, L: int, S: int, budget: int) -> tuple[int, int, int]:
+    """(batch entries, key/value heads, query positions) per block of ``budget`` scores."""
+    budget = max(budget, 1)
     row = G * max(S, 1)  # scores of one query position of one key/value head
     if Hk * row * MIN_ROWS <= budget:
         bq = min(L, max(MIN_ROWS, budget // (Hk * row)))
@@ -138,12 +139,13 @@ class _Block:
         return int(cols[0]), int(cols[-1]) + 1
 
 
-def _blocks(q, k, mask, sink, causal, L, scale, norm):
+def _blocks(q, k, mask, sink, causal, L, scale, norm, factor: int = 1):
+    """The blocks of at most ``factor * BLOCK_ELEMS`` scores (and their ``dims``)."""
     B, Hk, R, E = q.shape
     G, S = R // L, k.shape[-2]
     dims = (B, Hk, G, L, S)
     q5 = q.view(B, Hk, G, L, E) if q.is_contiguous() else q.reshape(B, Hk, G, L, E)
-    nb, nh, bq = _plan(B, Hk, G, L, S)
+    nb, nh, bq = _plan(B, Hk, G, L, S, factor * BLOCK_ELEMS)
     buf = q.new_empty(min(nb, B) * min(nh, Hk) * G * min(bq, L) * S)  # each block's scores
     for b0 in range(0, B, nb):
         for h0 in range(0, Hk, nh):

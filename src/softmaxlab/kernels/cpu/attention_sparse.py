@@ -35,6 +35,13 @@ from . import attention as blocked
 from ._jit import claim, inline, launch, maximum, row_kernel, wide_vectors
 from .sparse import MAX_NEWTON, _entmax15_tau, _sparsemax_tau
 
+#: A block's scores are all this kernel holds per block (the generic one also holds the
+#: probabilities and the mapping's temporaries of that size), so its blocks take this many
+#: times :data:`.attention.BLOCK_ELEMS` scores: as much memory in fewer parallel regions
+#: (each region's end waits for every thread; on a loaded machine one descheduled thread
+#: costs a time slice per region: 2.3x slower at 4x more regions, B=4 H=8 L=S=1024).
+BLOCK_FACTOR = 4
+
 
 @inline
 def _max(r, cst):
@@ -193,7 +200,8 @@ def attention_forward(q, k, v, mask, sink, seed, causal: bool, L: int, scale: fl
     o5 = blocked._rows5(out, G, L)
     st5 = blocked._rows5(stats, G, L) if want_stats else None
     entmax, cst = _consts(norm, q.dtype)
-    for blk, _ in blocked._blocks(q, k, mask, None, causal, L, scale, None):
+    for blk, _ in blocked._blocks(q, k, mask, None, causal, L, scale, None,
+                                  BLOCK_FACTOR):
         nb, nh, Rb, n = blk.s.shape
         bq = blk.l.stop - blk.l.start
         s = _np(blk.s).reshape(nb * nh * Rb, n)
@@ -221,7 +229,8 @@ def attention_backward(dout, q, k, v, mask, sink, seed, causal: bool, L: int, sc
     dv = torch.zeros_like(v)
     dq5, do5 = blocked._rows5(dq, G, L), blocked._rows5(dout, G, L)
     entmax, cst = _consts(norm, q.dtype)
-    for blk, _ in blocked._blocks(q, k, mask, None, causal, L, scale, None):
+    for blk, _ in blocked._blocks(q, k, mask, None, causal, L, scale, None,
+                                  BLOCK_FACTOR):
         nb, nh, Rb, n = blk.s.shape
         bq = blk.l.stop - blk.l.start
         heads = nb * nh
