@@ -23,7 +23,9 @@ single head runs on one thread.
 
 Dropout and the gradient of a float mask (which needs the dense score gradient) run the
 generic blocked kernel of :mod:`.attention`. Float32 and float64 (each computed in its own
-dtype; the threshold search in float64, as :mod:`.sparse`).
+dtype; the threshold search in float64, as :mod:`.sparse`). The threshold helpers are
+:mod:`.sparse`'s: numba's disk cache of this module does not see edits there (run
+``make clean-cache`` after one).
 """
 
 from __future__ import annotations
