@@ -8,6 +8,7 @@
   ``triton`` before ``tests/kernels/triton`` sets ``TRITON_INTERPRET=1``.
 * ``src/softmaxlab/lab/_tune.py`` (no doctests) imports Ray, an optional extra and seconds
   to import: never collected; ``tests/lab/test_ray.py`` runs it.
+* ``src/softmaxlab/integrations/transformers.py`` is not collected without transformers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ collect_ignore: list[str] = [str(Path(__file__).parent / "src" / "softmaxlab" / 
 if importlib.util.find_spec("numba") is None:
     collect_ignore += [str(p) for p in sorted((_KERNELS / "cpu").glob("*.py"))
                        if p.name != "__init__.py"]
+if importlib.util.find_spec("transformers") is None:
+    collect_ignore.append(str(_KERNELS.parent / "integrations" / "transformers.py"))
 collect_ignore_glob: list[str] = []
 if importlib.util.find_spec("triton") is None or not torch.cuda.is_available():
     collect_ignore_glob.append(str(_KERNELS / "triton" / "*.py"))

@@ -52,6 +52,15 @@ LOW_PRECISION = {F16: (2.0, 1e-3), BF16: (2.0, 8e-3)}
 #: roundings of the summands (n <= 64 entries, each within half an ulp).
 SUM_ATOL = {F64: 1e-12, F32: 1e-6}
 
+#: Attention (any path) against the float64 oracle, or softmax against torch's SDPA, on the
+#: same input values. float64: as ORACLE (the scores and the products are sums of <= 8
+#: terms in another order). float32: the products q k^T and p v of a few order-1 terms,
+#: each a few float32 roundings (~1e-7), then the mapping's own ORACLE error.
+ATTENTION = {
+    F64: Tol(1e-10, 1e-12),
+    F32: Tol(1e-5, 4e-6),
+}
+
 # ---------------------------------------------------------------- losses
 #: A loss against its float64 reference: the same formula evaluated in a different order.
 LOSS = {F64: ORACLE[F64]}

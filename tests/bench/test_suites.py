@@ -142,3 +142,58 @@ def test_a_compile_failure_is_reported_as_unavailable(monkeypatch):
                         "fullgraph=True graph break")
     assert rows["torch.softmax compiled"].status == records.OK
     assert set(rows["softmaxlab"].ratios) == {"torch.softmax", "torch.softmax compiled"}
+
+
+# ---------------------------------------------------------------- the attention suite
+def test_attention_suite_shapes_and_targets():
+    full = suites.build_suite("attention")
+    assert [(c.op, c.shape) for c in full] == [
+        (f"sdpa({m})", (4, 8, n, n, 64)) for n in (1024, 4096)
+        for m in ("softmax", "entmax15", "sparsemax")]
+    for c in full:
+        assert c.modes == ("forward", "both") and c.dtype == torch.float32
+        labels = [t.label() for t in c.targets]
+        if c.op == "sdpa(softmax)":
+            assert labels == ["time vs F.scaled_dot_product_attention <= 1.3x"]
+        else:
+            assert labels == ["time vs naive <= 0.1x", "memory vs naive <= 0.25x"]
+    assert full[0].flops("both") == 14 * 4 * 8 * 1024 * 1024 * 64
+    assert all(c.shape[:2] == (1, 2) for c in suites.build_suite("attention", quick=True))
+
+
+@pytest.mark.parametrize("mapping", ["softmax", "entmax15", "sparsemax"])
+def test_attention_baselines_compute_the_candidates_function(mapping):
+    """On a tiny float64 case every installed implementation gives the candidate's output
+    (F.scaled_dot_product_attention: for softmax only, the others' cost reference)."""
+    case = next(c for c in suites.build_suite("attention", quick=True)
+                if c.op == f"sdpa({mapping})")
+    case = dataclasses.replace(case, shape=(1, 2, 5, 7, 3), dtype=torch.float64)
+    q, k, v = case.make().detached()
+    want = case.impls[0].resolve()(q, k, v)
+    checked = []
+    for impl in case.impls[1:]:
+        if impl.name == "F.scaled_dot_product_attention" and mapping != "softmax":
+            continue
+        try:
+            fn = impl.resolve()
+        except records.ImplUnavailable as e:
+            assert e.status == records.NOT_INSTALLED and impl.name == "entmax"
+            continue
+        torch.testing.assert_close(fn(q, k, v), want, rtol=1e-10, atol=1e-12, msg=impl.name)
+        checked.append(impl.name)
+    assert "naive" in checked
+
+
+def test_attention_rows_are_measured_in_forward_and_both():
+    case = next(c for c in suites.build_suite("attention", quick=True)
+                if c.op == "sdpa(entmax15)")
+    case = dataclasses.replace(case, shape=(1, 2, 9, 9, 4))
+    rows = runner.measure_case(case, timing.MODES, runner.Settings(repeat=2, warmup=0,
+                                                                   memory=False))
+    ok = [(r.mode, r.impl) for r in rows if r.status == records.OK]
+    for mode in ("forward", "both"):
+        for impl in ("softmaxlab", "F.scaled_dot_product_attention", "naive"):
+            assert (mode, impl) in ok
+    assert {r.mode for r in rows} == {"forward", "both"}
+    cand = next(r for r in rows if r.impl == "softmaxlab" and r.mode == "both")
+    assert cand.gflops is not None and "naive" in cand.ratios

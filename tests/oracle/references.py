@@ -165,8 +165,42 @@ def ref_simplex_bisect(x, alpha, n_iter=200):
 
 
 def ref_entmax15(x):
-    """1.5-entmax: ref_simplex_bisect(x, alpha=1.5, n_iter=200)."""
-    return ref_simplex_bisect(x, 1.5)
+    """Exact 1.5-entmax by sorting (Peters, Niculae & Martins 2019, Alg. 2) on
+    u = (z - max z) / 2:  p_i = [u_i - tau]_+^2, sum_i p_i = 1.
+
+    On u sorted descending, with the mean mu_k and mean square ms_k of the k largest,
+    tau_k = mu_k - sqrt(1/k - (ms_k - mu_k^2)) solves sum_{j<=k} (u_(j) - tau)^2 = 1;
+    the support size is k* = max{k : tau_k <= u_(k)}. The support (all u_i >= u_(k*)) is
+    found without gradient; tau is then recomputed from that support as a differentiable
+    closed form, tau = mean_S u - sqrt(1/|S| - var_S u), so autograd through it is the exact
+    Jacobian of the fixed-support solution (the shift by max z is detached: shift
+    invariance makes it Jacobian-neutral)."""
+    kept = _kept(x)
+    m = torch.where(kept, x, torch.full_like(x, _NEG_INF)).amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
+    u = torch.where(kept, (x - m) / 2, torch.zeros_like(x))
+    with torch.no_grad():
+        us, _ = torch.sort(torch.where(kept, u, torch.full_like(u, _NEG_INF)), dim=-1,
+                           descending=True)
+        ks = _kept(us)
+        uz = torch.where(ks, us, torch.zeros_like(us))
+        k = torch.arange(1, x.shape[-1] + 1, dtype=x.dtype, device=x.device)
+        mu = torch.cumsum(uz, dim=-1) / k
+        ms = torch.cumsum(uz * uz, dim=-1) / k
+        tau_k = mu - torch.sqrt(torch.clamp(1 / k - (ms - mu * mu), min=0))
+        support = ks & (tau_k <= us)
+        kz = (support.long() * torch.arange(1, x.shape[-1] + 1, device=x.device)).amax(
+            dim=-1, keepdim=True).clamp(min=1)
+        smallest = torch.gather(us, -1, kz - 1)
+        in_s = kept & (u >= smallest)
+    n = in_s.sum(dim=-1, keepdim=True).clamp(min=1).to(x.dtype)
+    us_ = torch.where(in_s, u, torch.zeros_like(u))
+    mean = us_.sum(dim=-1, keepdim=True) / n
+    dev = torch.where(in_s, u - mean, torch.zeros_like(u))
+    var = (dev * dev).sum(dim=-1, keepdim=True) / n
+    tau = mean - torch.sqrt(1 / n - var)
+    p = torch.where(in_s, torch.clamp(u - tau, min=0) ** 2, torch.zeros_like(u))
+    return _finish(x, torch.where(kept.any(dim=-1, keepdim=True), p, torch.zeros_like(p)))
 
 
 def ref_entmax(x, alpha=1.5):

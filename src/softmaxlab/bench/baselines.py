@@ -160,6 +160,45 @@ def liger_sparsemax():
     return lambda x: liger_sparsemax(x, -1)
 
 
+def attention_impls(mapping: str) -> tuple[Impl, ...]:
+    """``softmaxlab.attention.scaled_dot_product_attention(q, k, v, mapping=mapping)``
+    against ``F.scaled_dot_product_attention`` and the naive path that materializes the
+    ``(L, S)`` scores and calls the mapping on them (softmaxlab's own row function; the
+    ``entmax`` package's too for its two mappings)."""
+
+    def load_candidate():
+        from ..attention import scaled_dot_product_attention
+
+        return lambda q, k, v: scaled_dot_product_attention(q, k, v, mapping=mapping)
+
+    def materialized(fn):
+        def attend(q, k, v):
+            s = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+            return fn(s) @ v
+
+        return attend
+
+    def load_naive():
+        f = get_mapping(mapping).fn
+        return materialized(lambda s: f(s, -1))
+
+    impls = [Impl("softmaxlab", load_candidate, role="candidate"),
+             Impl("F.scaled_dot_product_attention",
+                  lambda: F.scaled_dot_product_attention, note="torch's SDPA (softmax)"),
+             Impl("naive", load_naive,
+                  note=f"scores materialized, softmaxlab.{mapping}, then @ v")]
+    if mapping in ("sparsemax", "entmax15"):
+        def load_entmax():
+            import entmax
+
+            f = getattr(entmax, mapping)
+            return materialized(lambda s: f(s, dim=-1))
+
+        impls.append(Impl("entmax", load_entmax, package="entmax", dist="entmax",
+                          note=f"scores materialized, entmax.{mapping}, then @ v"))
+    return tuple(impls)
+
+
 def linear_impls(gpu: bool = False) -> tuple[Impl, ...]:
     impls = [
         Impl("softmaxlab", linear_candidate, role="candidate"),

@@ -351,3 +351,31 @@ class OverheadCase(Case):
     def timed(self, fn: Callable[..., Any], inputs: Inputs, mode: str) -> Step:
         args = inputs.args
         return Repeated(lambda: fn(*args), self.calls)
+
+
+@dataclass(frozen=True)
+class AttentionCase(Case):
+    """Attention with ``shape = (B, H, L, S, D)``: q ``(B, H, L, D)``, k and v
+    ``(B, H, S, D)``, standard normal; ``out (B, H, L, D)`` is differentiated with respect
+    to q, k and v."""
+
+    io: str = ("compute-bound: forward q k^T and p v (4 B H L S D FLOPs), backward the "
+               "flash-style recomputation of the scores and 4 products (10 B H L S D); "
+               "reported as GFLOP/s, no byte count")
+    modes: tuple[str, ...] = ("forward", "both")
+
+    def make(self) -> Inputs:
+        B, H, L, S, D = self.shape
+        g = self.generator()
+
+        def rnd(n: int) -> torch.Tensor:
+            t = torch.randn(B, H, n, D, generator=g, dtype=self.dtype, device=self.device)
+            return t.requires_grad_(True)
+
+        q, k, v = rnd(L), rnd(S), rnd(S)
+        dy = torch.randn(B, H, L, D, generator=g, dtype=self.dtype, device=self.device)
+        return Inputs((q, k, v), (q, k, v), dy)
+
+    def flops(self, mode: str) -> int:
+        B, H, L, S, D = self.shape
+        return {"forward": 4, "backward": 10, "both": 14}[mode] * B * H * L * S * D

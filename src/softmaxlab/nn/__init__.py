@@ -1,7 +1,9 @@
 """Modules: one per mapping (same signature as the functional), the output heads, the
-loss modules, temperature scaling, and ``Maxout`` for the lab's models."""
+loss modules, temperature scaling, ``MultiheadAttention`` with any mapping, and ``Maxout``
+for the lab's models."""
 
 from ..calibration import TemperatureScaler
+from .attention import MultiheadAttention
 from .heads import CosineClassifier, DecoupledOutput, DoublySparseSoftmax, MixtureOfSoftmaxes
 from .losses import (
     AMSoftmaxLoss,
@@ -65,6 +67,7 @@ __all__ = [
     "DoublySparseSoftmax",
     "Maxout",
     "MixtureOfSoftmaxes",
+    "MultiheadAttention",
     "TemperatureScaler",
     # losses
     "AMSoftmaxLoss",

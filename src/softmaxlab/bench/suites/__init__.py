@@ -17,6 +17,7 @@ import torch
 from ..records import Case
 from ..timing import Step, run_once
 from .cpu import (
+    attention_suite,
     elementwise_suite,
     linear_suite,
     overhead_suite,
@@ -32,6 +33,7 @@ _BUILDERS: dict[str, Callable[[bool], list[Case]]] = {
     "linear_ce": linear_suite,
     "sparse": sparse_suite,
     "elementwise": elementwise_suite,
+    "attention": attention_suite,
     "overhead": overhead_suite,
     "gpu": gpu_suite,
 }

@@ -9,6 +9,10 @@ shapes):
   torch.softmax.
 * ``elementwise``: taylor_softmax, spherical_softmax, sigsoftmax and their log forms at
   (4096, 1024), (1024, 32768) vs torch.softmax / torch.log_softmax.
+* ``attention``: softmaxlab.attention.scaled_dot_product_attention with softmax, entmax15
+  and sparsemax, B=4, H=8, D=64, L=S=1024 and 4096, forward and forward+backward, vs
+  F.scaled_dot_product_attention and the naive path that materializes the scores (and
+  the ``entmax`` package on them); the two lengths show the peak memory's growth.
 * ``overhead``: the per-call time, forward, on a (4, 8) float32 input of every registered
   mapping function (its defaults), softmax_topk(k=2) and losses.cross_entropy vs torch.
 
@@ -27,6 +31,7 @@ import softmaxlab as sl
 from ..baselines import (
     TORCH_LOG_SOFTMAX,
     TORCH_SOFTMAX,
+    attention_impls,
     candidate,
     cross_entropy_impls,
     entmax_impl,
@@ -34,7 +39,15 @@ from ..baselines import (
     naive,
     topk_impls,
 )
-from ..records import Case, LinearCase, OverheadCase, RowsCase, Target, TopkCase
+from ..records import (
+    AttentionCase,
+    Case,
+    LinearCase,
+    OverheadCase,
+    RowsCase,
+    Target,
+    TopkCase,
+)
 
 
 def softmax_suite(quick: bool) -> list[Case]:
@@ -89,6 +102,29 @@ def elementwise_suite(quick: bool) -> list[Case]:
                 out.append(RowsCase("elementwise", op, shape, torch.float32, "cpu",
                                     (candidate(op), base, naive(op)),
                                     (dataclasses.replace(target, baseline=base.name),)))
+    return out
+
+
+def attention_suite(quick: bool) -> list[Case]:
+    """Shapes ``(B, H, L, S, D)``; ``quick``: (1, 2, L, L, 16) with L = 128 and 256."""
+    lengths = (128, 256) if quick else (1024, 4096)
+    B, H, D = (1, 2, 16) if quick else (4, 8, 64)
+    sdpa = "F.scaled_dot_product_attention"
+    modes = ("forward", "both")
+    softmax_target = (Target("time", 1.3, sdpa, modes, "issue 11: within 1.3x of torch's "
+                             "SDPA (its CPU flash kernel)"),)
+    sparse_targets = (
+        Target("time", 0.1, "naive", modes, "issue 11: >= 10x faster than materializing "
+               "the scores and calling the mapping"),
+        Target("memory", 0.25, "naive", modes, "issue 11: peak memory O(L D), not O(L S)"),
+    )
+    out: list[Case] = []
+    for n in lengths:
+        for mapping in ("softmax", "entmax15", "sparsemax"):
+            out.append(AttentionCase(
+                "attention", f"sdpa({mapping})", (B, H, n, n, D), torch.float32, "cpu",
+                attention_impls(mapping),
+                softmax_target if mapping == "softmax" else sparse_targets))
     return out
 
 

@@ -19,6 +19,12 @@ exp-normalizing mapping)    ``cpu.softmax_torch`` :mod:`.softmax` (torch's kerne
                                                   contract's (no NaN)
 ``linear_cross_entropy``    ``cpu.linear_ce_      :mod:`.linear_ce`, the softmax gradient of a
                             softmax``             chunk written over its logits
+``attention``               ``cpu.attention_      :mod:`..sdpa`: torch's own SDPA (softmax, no
+                            sdpa``                statistics or sink asked for)
+                            ``cpu.attention_      :mod:`.attention_sparse` (numba): sparsemax,
+                            sparse``              entmax15, visiting only the support
+                            ``cpu.attention``     :mod:`.attention`: blocked over queries,
+                                                  any normalizer, flash-style backward
 ==========================  ====================  =============================================
 
 The numba kernels compute in float32 (half inputs are upcast first). Numba is optional
@@ -29,6 +35,8 @@ per kernel), later processes load it.
 """
 
 from __future__ import annotations
+
+import torch
 
 from ..._constants import FLOAT32_MATH, FLOATING
 from ..registry import KernelSpec, register
@@ -48,7 +56,8 @@ def topk_applies(n: int, k: int) -> bool:
 
 def _cpu(op: str, name: str, module: str, dtypes=FLOAT32_MATH, needs: str | None = "numba",
          applies=None) -> None:
-    register(KernelSpec(op, "cpu", name, f"{__name__}.{module}", dtypes, needs, applies))
+    path = module if module.startswith("softmaxlab.") else f"{__name__}.{module}"
+    register(KernelSpec(op, "cpu", name, path, dtypes, needs, applies))
 
 
 _cpu("softmax", "cpu.softmax", "expnorm")
@@ -60,5 +69,10 @@ for _op in ("sparsemax", "entmax15"):
 _cpu("softmax_topk", "cpu.softmax_topk", "topk", applies=lambda f: topk_applies(f["n"], f["k"]))
 _cpu("cross_entropy", "cpu.cross_entropy_torch", "softmax", FLOATING, needs=None,
      applies=lambda f: f["mapping"] == "softmax" and not f["params"])
+_cpu("attention", "cpu.attention_sdpa", "softmaxlab.kernels.sdpa", FLOATING, needs=None,
+     applies=lambda f: f["sdpa"])
+_cpu("attention", "cpu.attention_sparse", "attention_sparse", (torch.float32, torch.float64),
+     applies=lambda f: f.get("mapping") in ("sparsemax", "entmax15"))
+_cpu("attention", "cpu.attention", "attention", FLOATING, needs=None)
 _cpu("linear_cross_entropy", "cpu.linear_ce_softmax", "linear_ce", needs=None,
      applies=lambda f: f["mapping"] == "softmax" and not f["params"])

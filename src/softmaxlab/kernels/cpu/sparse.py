@@ -88,9 +88,21 @@ def _above(buf, c, lo):
 
 
 @inline
+def _keep_above(buf, c, lo):
+    """Compact ``buf[:c]`` to its entries above ``lo`` (order kept); how many. The
+    threshold searches drop what their rising lower bound excludes, so that each step scans
+    only the entries still in play."""
+    k = 0
+    for j in range(c):
+        buf[k] = buf[j]
+        k += buf[j] > lo
+    return k
+
+
+@inline
 def _sparsemax_tau(buf, c):
     """Michelot's fixed point: tau = (sum_{a > tau} a - 1) / #{a > tau}, from all candidates,
-    until the set stops shrinking."""
+    until the set stops shrinking (``buf`` is shrunk on the way)."""
     lo = -1.0
     tau = 0.0
     prev = -1.0
@@ -101,6 +113,7 @@ def _sparsemax_tau(buf, c):
         prev = cnt
         tau = (s1 - 1.0) / cnt
         lo = tau
+        c = _keep_above(buf, c, lo)
 
 
 @inline
@@ -130,8 +143,8 @@ def _entmax15_sorted_tau(buf, c, lo):
 @inline
 def _entmax15_tau(buf, c, newton_steps):
     """Closed form on the candidates above the lower bound ``lo`` when it is consistent,
-    else a Newton step on ``sum (a - tau)_+^2 - 1`` from ``lo`` (which stays below the root);
-    the sorted fallback after ``newton_steps``."""
+    else a Newton step on ``sum (a - tau)_+^2 - 1`` from ``lo`` (which stays below the root;
+    ``buf`` is shrunk to the entries above it); the sorted fallback after ``newton_steps``."""
     lo = -1.0
     for _ in range(newton_steps):
         cnt, s1, s2, mn, d, f = _above(buf, c, lo)
@@ -140,6 +153,7 @@ def _entmax15_tau(buf, c, newton_steps):
         if lo <= tau <= mn:
             return tau
         lo = lo + (f - 1.0) / (2.0 * d)
+        c = _keep_above(buf, c, lo)
     return _entmax15_sorted_tau(buf, c, lo)
 
 
