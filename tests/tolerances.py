@@ -96,3 +96,10 @@ TRITON_LCE = {F64: 1e-8, F32: 2e-5, BF16: 1e-2}
 #: Low precision Triton kernels: err <= TRITON_LOW_FACTOR * err_naive + TRITON_LOW_EPS * eps.
 TRITON_LOW_FACTOR = 2.0
 TRITON_LOW_EPS = 2.0
+
+#: A patched model against the unpatched one, or against its logits through the library
+#: loss (tests/test_patch.py), in float64: the whole forward and backward of a small model
+#: summed in another order (the fused loss's chunks, another reduction), ~1e5 ulp of 1.
+#: float32: the unpatched model's own loss against the fused one, both in float32
+#: (different chunking and summation order over ~30 tokens x 61 classes), ~100 ulp.
+PATCHED_MODEL = {F64: Tol(1e-10, 1e-12), F32: Tol(1e-5, 1e-6)}

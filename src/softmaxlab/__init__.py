@@ -11,6 +11,7 @@ from . import calibration, functional, losses, nn, online
 from ._registry import Mapping, Param, get_mapping, mappings
 from .functional import *  # noqa: F403  (the mappings; listed in functional.__all__)
 from .online import softmax_topk
+from .patch import patch, patched, unpatch
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,9 @@ __all__ = [
     "mappings",
     "nn",
     "online",
+    "patch",
+    "patched",
     "softmax_topk",
+    "unpatch",
 ]
 __all__ += functional.__all__

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 
 from .. import losses as L
 from .._registry import Mapping, Param, get_mapping, mappings, positive_finite
@@ -34,19 +33,6 @@ __all__ = ["Head", "SWEEPS", "heads", "default_heads", "get_head", "head_name", 
            "parse_heads", "too_big"]
 
 
-def _one_vs_all_bce(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of each class against the rest, summed over classes."""
-    onehot = F.one_hot(target, out.shape[-1]).to(out.dtype)
-    return F.binary_cross_entropy_with_logits(out, onehot, reduction="sum") / out.shape[0]
-
-
-#: Natural loss name (``Mapping.loss``) -> ``loss(mapping, params) -> (out, target) -> scalar``.
-NATURAL_LOSSES: dict[str, Callable[[Mapping, dict], Callable]] = {
-    "cross_entropy": lambda m, p: partial(L.cross_entropy, mapping=m.name, **p),
-    "fenchel_young": lambda m, p: partial(L.fenchel_young_loss, mapping=m.name, **p),
-    "sparse_softmax_loss": lambda m, p: partial(L.sparse_softmax_loss, **{**m.defaults, **p}),
-    "binary_cross_entropy": lambda m, p: _one_vs_all_bce,
-}
 
 #: The parameter values ``all`` trains in place of a mapping's registry defaults (each
 #: entry one head); ``k`` values above the number of classes are left out.
@@ -133,7 +119,7 @@ def _mapping_head(m: Mapping, params: dict | None = None) -> Head:
         return Head(name, m, None, skip=f"no natural training loss in the registry; "
                                         f"{m.name} is {m.summary}", params=tuple(params.items()),
                     tunable=m.params)
-    return Head(name, m, NATURAL_LOSSES[m.loss](m, params), params=tuple(params.items()),
+    return Head(name, m, L.natural_loss(m.name, **params), params=tuple(params.items()),
                 tunable=m.params)
 
 
