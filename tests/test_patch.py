@@ -287,3 +287,31 @@ def test_bert_regression_keeps_the_model_loss():
     ref = model(ids, labels=y).loss
     with sl.patched(model, loss="sparsemax"):
         assert torch.equal(model(ids, labels=y).loss, ref)
+
+
+@pytest.mark.parametrize("family", CAUSAL)
+def test_attention_patch_runs_the_model_through_softmaxlab_and_unpatch_restores_it(family):
+    model = _causal(family)
+    ids, labels = _batch()
+    before = model(ids, labels=labels)
+    sl.patch(model, attention="softmax")
+    same = model(ids, labels=labels)  # softmax attention: the model's own numbers
+    assert model.config._attn_implementation == "softmaxlab"
+    assert_close(same.logits, before.logits, PATCHED_MODEL[F64])
+    sl.unpatch(model)
+    sl.patch(model, attention="entmax15", loss="sparsemax")
+    sparse = model(ids, labels=labels)
+    assert torch.isfinite(sparse.loss) and not torch.allclose(sparse.logits, before.logits)
+    # causal: a later token does not change earlier positions
+    ids2 = ids.clone()
+    ids2[:, -1] = (ids2[:, -1] + 1) % V
+    assert_close(model(ids2).logits[:, :-1], model(ids).logits[:, :-1], PATCHED_MODEL[F64])
+    sl.unpatch(model)
+    after = model(ids, labels=labels)
+    assert model.config._attn_implementation == before_impl(family)
+    assert torch.equal(after.logits, before.logits) and torch.equal(after.loss, before.loss)
+    assert not hasattr(model.config, "softmaxlab_mapping")
+
+
+def before_impl(family):
+    return _causal(family).config._attn_implementation
