@@ -329,3 +329,13 @@ def expect_raises(exc, words, fn: Callable, *args: Any, **kwargs: Any):
     except Exception as e:  # any other type: report it as the wrong one
         raise AssertionError(f"expected {name}, got {type(e).__name__}: {e}") from e
     raise AssertionError(f"expected {name}, nothing was raised")
+
+
+def interactive_sigint() -> None:
+    """``preexec_fn`` of a subprocess that a test interrupts as Ctrl-C would: SIGINT back to
+    its default, as in a terminal (a process started with SIGINT ignored, as this test
+    worker may be after other tests' process pools and Ray, passes that on to its children
+    and Python then installs no KeyboardInterrupt handler)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

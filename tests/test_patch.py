@@ -315,3 +315,12 @@ def test_attention_patch_runs_the_model_through_softmaxlab_and_unpatch_restores_
 
 def before_impl(family):
     return _causal(family).config._attn_implementation
+
+
+def test_the_readme_example_runs_as_written(capsys):
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("## Patch a model", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(block, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "torch.Size([2, 8])"

@@ -12,6 +12,8 @@ import softmaxlab as sl
 from softmaxlab.bench import environment, records, results, suites, timing
 from softmaxlab.cli import main
 
+from .._helpers import interactive_sigint
+
 
 def test_quick_cli_run_writes_json_with_every_documented_field(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(environment.BACKEND_ENV, raising=False)
@@ -114,7 +116,7 @@ def test_ctrl_c_saves_what_was_measured_and_prints_one_line(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "softmaxlab", "bench", "--suite",
                              "softmax,elementwise", "--quick", "--repeat", "3", "--out",
                              str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=interactive_sigint)
     seen = []
     try:
         deadline = time.monotonic() + 120

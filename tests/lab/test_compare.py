@@ -28,6 +28,8 @@ from softmaxlab.lab.datasets import Dataset, Split, load
 from softmaxlab.lab.report import METRICS, PLOT_NAMES, cell, summarize
 from softmaxlab.lab.train import RunConfig, run
 
+from .._helpers import interactive_sigint
+
 SMALL = dict(dataset="digits", limit=300, epochs=2, progress=False)
 #: Metrics that measure time or memory: the only ones allowed to differ between reruns.
 COST = {"train_time", "train_time_per_epoch", "wall_time", "inference_time_per_example",
@@ -157,7 +159,8 @@ def _interrupt(out: Path, jobs: int, sig: int) -> tuple[subprocess.Popen, str]:
     args = [f"--{k}={v}" for k, v in INTERRUPTED.items()]
     proc = subprocess.Popen([sys.executable, "-m", "softmaxlab", "compare", *args,
                              f"--jobs={jobs}", f"--out={out}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=interactive_sigint)
     try:
         deadline = time.monotonic() + 120
         while not runs_of(out):

@@ -25,6 +25,8 @@ from softmaxlab.lab.compare import compare
 from softmaxlab.lab.executor import RayTasks, emit
 from softmaxlab.lab.sweep import BEST, sweep
 
+from .._helpers import interactive_sigint
+
 #: One xdist worker runs the module (make test: --dist loadgroup): one Ray, not one per worker.
 pytestmark = pytest.mark.xdist_group("ray")
 #: Metrics that measure time: the only ones allowed to differ between executors.
@@ -158,7 +160,8 @@ def _driver(args: list[str], log) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     with open(log, "wb") as err:
         return subprocess.Popen([sys.executable, "-m", "softmaxlab.cli", *args], env=env,
-                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                preexec_fn=interactive_sigint)
 
 
 def _wait_for_records(out, driver, log, n: int) -> None:

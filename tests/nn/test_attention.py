@@ -352,6 +352,17 @@ def test_extra_repr_names_the_mapping():
 x3 = torch.randn(N, L, E)
 
 
+def _case_id(o) -> str:
+    """A test id that is the same in every xdist worker: tensors by shape and dtype, not by
+    their (random) values."""
+    if isinstance(o, type):
+        return o.__name__
+    if isinstance(o, dict):
+        o = {k: (f"tensor{tuple(v.shape)}:{v.dtype}" if isinstance(v, torch.Tensor) else v)
+             for k, v in o.items()}
+    return repr(o)[:60]
+
+
 @pytest.mark.parametrize("build, call, exc, words", [
     (dict(mapping="softmaxx"), None, ValueError, ["mapping", "'softmaxx'"]),
     (dict(mapping="entmax", alpha=0.5), None, ValueError, ["alpha", "0.5"]),
@@ -375,7 +386,7 @@ x3 = torch.randn(N, L, E)
     ({}, dict(attn_mask=[[0.0]]), TypeError, ["attn_mask", "list"]),
     ({}, dict(need_weights=1), TypeError, ["need_weights", "1"]),
     ({}, dict(is_causal="yes"), TypeError, ["is_causal", "'yes'"]),
-], ids=lambda o: repr(o)[:40] if not isinstance(o, type) else o.__name__)
+], ids=lambda o: _case_id(o))
 def test_bad_arguments_raise_naming_them(build, call, exc, words):
     kw = {"embed_dim": E, "num_heads": 4, "batch_first": True, **build}
     if call is None:

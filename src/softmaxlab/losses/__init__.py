@@ -6,7 +6,7 @@ from .fenchel_young import fenchel_young_loss, tsallis_entropy
 from .graph import graph_tv_penalty
 from .linear import linear_cross_entropy
 from .margins import am_softmax_loss, arcface_loss, ensemble_soft_margin_loss, hsic
-from .natural import natural_loss, one_vs_all_bce
+from .natural import natural_loss
 from .sampled import Noise, nce_loss, sampled_softmax_loss
 
 __all__ = [
@@ -21,7 +21,6 @@ __all__ = [
     "linear_cross_entropy",
     "natural_loss",
     "nce_loss",
-    "one_vs_all_bce",
     "sampled_softmax_loss",
     "soft_margin_loss",
     "sparse_softmax_loss",
