@@ -22,7 +22,8 @@ from ._text import table
 
 #: Modules that add a subcommand with ``register(subparsers)``.
 COMMANDS: tuple[str, ...] = ("softmaxlab.lab.datasets.command", "softmaxlab.lab.compare",
-                             "softmaxlab.lab.report", "softmaxlab.bench.command")
+                             "softmaxlab.lab.report", "softmaxlab.lab.reproduce",
+                             "softmaxlab.bench.command")
 
 
 def _fmt(t: torch.Tensor, digits: int = 4) -> str:
