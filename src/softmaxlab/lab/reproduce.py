@@ -95,6 +95,14 @@ def verdicts(experiment: Experiment, records: list[dict]) -> list[CheckResult]:
             ours += f" ({statistics.fmean(a.values()) / statistics.fmean(r.values()):.2f}x)"
         if t.n < 2 or p is None:
             verdict, reason = "inconclusive", f"{t.n} common seed(s): no test"
+        elif check.margin is not None:
+            lo, hi = t.ci if t.ci is not None else (t.diff, t.diff)
+            if -check.margin <= lo and hi <= check.margin:
+                verdict, reason = "confirmed", ""
+            elif lo > check.margin or hi < -check.margin:
+                verdict, reason = "refuted", "the difference exceeds the margin"
+            else:
+                verdict, reason = "inconclusive", "the interval straddles the margin"
         elif p >= ALPHA:
             verdict, reason = "inconclusive", "the difference is within noise"
         elif (t.diff > 0) == check.higher:
@@ -113,6 +121,9 @@ def _not_run(experiment: Experiment, reason: str) -> list[CheckResult]:
 
 def _run(experiment: Experiment, scale: str, directory: Path, progress: bool) -> None:
     setup = experiment.setup(scale)
+    if experiment.kind == "custom":
+        experiment.run(directory, progress=progress, **setup)
+        return
     if experiment.kind == "speed":
         from .experiments import speed
 

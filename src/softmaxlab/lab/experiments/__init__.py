@@ -29,9 +29,11 @@ SCALES = ("smoke", "small", "full")
 @dataclass(frozen=True)
 class Check:
     """``better`` beats ``worse`` on ``metric`` (``higher``: higher is better), as the paper
-    says; each side is ``(mapping, metric)`` (``metric`` of the side overrides the check's,
-    e.g. ECE after temperature scaling against ECE before it). ``paper``: the paper's
-    numbers for the two sides, as text."""
+    says; or, with ``margin``, the two are equal within ``margin`` (confirmed when the 95%
+    interval of the difference lies inside ``[-margin, margin]``, refuted when it lies
+    outside). Each side is ``(mapping, metric)`` (``metric`` of the side overrides the
+    check's, e.g. ECE after temperature scaling against ECE before it). ``paper``: the
+    paper's numbers for the two sides, as text."""
 
     better: str
     worse: str
@@ -40,6 +42,7 @@ class Check:
     paper: str = ""
     better_metric: str | None = None
     worse_metric: str | None = None
+    margin: float | None = None
 
     @property
     def sides(self) -> tuple[tuple[str, str], tuple[str, str]]:
@@ -50,6 +53,8 @@ class Check:
         (b, bm), (w, wm) = self.sides
         left = b if bm == self.metric else f"{b} ({bm})"
         right = w if wm == self.metric else f"{w} ({wm})"
+        if self.margin is not None:
+            return f"{left} = {right} on {self.metric} (within ±{self.margin:g})"
         return f"{left} {'>' if self.higher else '<'} {right} on {self.metric}"
 
 
@@ -60,7 +65,9 @@ class Experiment:
     ``setup(scale)`` returns the keyword arguments of the run: for ``kind="train"`` those of
     :func:`~softmaxlab.lab.compare.compare` (``dataset``, ``mappings``, ``model``,
     ``seeds``, ``epochs``, ``limit``, ...); for ``kind="speed"`` those of
-    :func:`.speed.run`. ``differences(scale)``: how that setup differs from the paper's.
+    :func:`.speed.run`; for ``kind="custom"`` those of its own ``run(directory,
+    progress=..., **setup)`` (a training loop of its own, recorded by :func:`._runs.runs`).
+    ``differences(scale)``: how that setup differs from the paper's.
     """
 
     name: str
@@ -70,6 +77,7 @@ class Experiment:
     setup: Callable[[str], dict[str, Any]]
     differences: Callable[[str], str]
     kind: str = "train"
+    run: Callable[..., Any] | None = None
     tags: tuple[str, ...] = field(default=())
 
 
@@ -79,8 +87,11 @@ _EXPERIMENTS: dict[str, Experiment] = {}
 def register(experiment: Experiment) -> Experiment:
     if experiment.name in _EXPERIMENTS:
         raise ValueError(f"experiment {experiment.name!r} is already registered")
-    if experiment.kind not in ("train", "speed"):
-        raise ValueError(f"kind must be 'train' or 'speed', got {experiment.kind!r}")
+    if experiment.kind not in ("train", "speed", "custom"):
+        raise ValueError(f"kind must be 'train', 'speed' or 'custom', got {experiment.kind!r}")
+    if (experiment.kind == "custom") != (experiment.run is not None):
+        raise ValueError(f"experiment {experiment.name!r}: a run function goes with "
+                         "kind='custom' (and only with it)")
     _EXPERIMENTS[experiment.name] = experiment
     return experiment
 
@@ -98,4 +109,11 @@ def get(name: str) -> Experiment:
                          f"{', '.join(_EXPERIMENTS)} or all") from None
 
 
-from . import calibration, sigsoftmax, speed, taylor_spherical  # noqa: E402,F401  (register)
+from . import (  # noqa: E402,F401  (each module registers its experiments)
+    calibration,
+    ds_softmax,
+    mixtures,
+    sigsoftmax,
+    speed,
+    taylor_spherical,
+)
