@@ -112,6 +112,7 @@ def get(name: str) -> Experiment:
 from . import (  # noqa: E402,F401  (each module registers its experiments)
     calibration,
     ds_softmax,
+    margins,
     mixtures,
     sigsoftmax,
     speed,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import results
 
-__all__ = ["runs"]
+__all__ = ["arms", "runs"]
 
 
 def runs(directory: str | Path, config: dict, arms: list[str], seeds: int,
@@ -34,3 +34,17 @@ def runs(directory: str | Path, config: dict, arms: list[str], seeds: int,
             print(f"  {arm} seed {seed}: done ({i}/{len(todo)}, "
                   f"{time.perf_counter() - start:.1f} s)", file=sys.stderr)
     return directory
+
+
+def arms(name: str, names: list[str], fit: Callable[..., dict[str, float]]):
+    """An experiment's ``run(directory, progress=True, **setup)``: ``fit(arm, seed,
+    **setup)`` for each of ``names`` over ``setup["seeds"]`` seeds (the rest of ``setup`` is
+    ``fit``'s keyword arguments, and with ``name`` the configuration a resumed run must
+    match)."""
+
+    def run(directory, progress: bool = True, **setup):
+        params = {k: v for k, v in setup.items() if k != "seeds"}
+        return runs(directory, {"experiment": name, **setup}, names, setup["seeds"],
+                    lambda arm, seed: fit(arm, seed, **params), progress)
+
+    return run

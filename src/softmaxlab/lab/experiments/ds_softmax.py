@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from ...nn import DoublySparseSoftmax
 from . import Check, Experiment, register
-from ._runs import runs
+from ._runs import arms
 
 _SETUP = {
-    "smoke": dict(supers=2, subs=4, items=40, epochs=10, seeds=2),
+    "smoke": dict(supers=4, subs=8, items=50, epochs=30, seeds=2),
     "small": dict(supers=4, subs=25, items=100, epochs=10, seeds=5),
     "full": dict(supers=10, subs=100, items=100, epochs=20, seeds=10),
 }
@@ -74,11 +74,6 @@ def _fit(arm: str, seed: int, supers: int, subs: int, items: int, epochs: int) -
     return {"accuracy_pct": 100.0 * float((pred == yt).float().mean()), "speedup": speedup}
 
 
-def _run(directory, progress: bool = True, **setup):
-    seeds = setup.pop("seeds")
-    return runs(directory, {"experiment": "ds-softmax", **setup}, ARMS, seeds,
-                lambda arm, seed: _fit(arm, seed, **setup), progress)
-
 
 register(Experiment(
     name="ds-softmax",
@@ -97,6 +92,6 @@ register(Experiment(
         "as the expected fraction of classes scored (not wall time); no mitosis training, "
         "deterministic gate (the authors' adds noise)".format(**_SETUP[scale])),
     kind="custom",
-    run=_run,
+    run=arms("ds-softmax", ARMS, _fit),
     tags=("speed", "accuracy"),
 ))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ...nn import MixtureOfSoftmaxes
 from . import Check, Experiment, register
-from ._runs import runs
+from ._runs import arms
 
 _SETUP = {
     "smoke": dict(contexts=32, classes=24, dim=2, components=4, steps=80, seeds=2),
@@ -52,11 +52,6 @@ def _fit(arm: str, seed: int, contexts: int, classes: int, dim: int, components:
     return {"kl": kl, "parameters": float(sum(t.numel() for t in head.parameters()))}
 
 
-def _run(directory, progress: bool = True, **setup):
-    seeds = setup.pop("seeds")
-    return runs(directory, {"experiment": "mos-bottleneck", **setup}, ARMS, seeds,
-                lambda arm, seed: _fit(arm, seed, **setup), progress)
-
 
 register(Experiment(
     name="mos-bottleneck",
@@ -74,6 +69,6 @@ register(Experiment(
         "{steps} full-batch Adam steps, {seeds} seeds, KL from the truth; the papers trained "
         "AWD-LSTM language models on PTB/WT2 and report perplexity".format(**_SETUP[scale])),
     kind="custom",
-    run=_run,
+    run=arms("mos-bottleneck", ARMS, _fit),
     tags=("accuracy", "bottleneck"),
 ))
