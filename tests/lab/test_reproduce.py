@@ -168,3 +168,53 @@ def test_training_experiments_run_at_smoke_scale(tmp_path):
     checks = json.loads((out / "verdicts.json").read_text())["checks"]
     assert len(checks) == 2 and all(c["n"] == 2 for c in checks)
     assert sys.modules["softmaxlab.lab.compare"]  # they ran through compare
+
+
+def _corpus(path, n_lines=300):
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(40)]
+    path.write_text("\n".join(" ".join(rng.choices(words, k=12)) for _ in range(n_lines)))
+    return path
+
+
+def test_graph_tv_runs_on_a_corpus_the_test_makes(tmp_path, monkeypatch):
+    e = ex.get("graph-tv")
+    corpus = _corpus(tmp_path / "corpus.txt")
+    monkeypatch.setitem(ex._EXPERIMENTS, e.name, replace(
+        e, setup=lambda s: {**e.setup(s), "dataset": str(corpus), "limit": None}))
+    out = rp.reproduce(e.name, scale="smoke", out=tmp_path / "o", progress=False)
+    (check,) = json.loads((out / "verdicts.json").read_text())["checks"]
+    assert check["n"] == 2 and check["verdict"] != "not run"
+
+
+def test_graph_tv_links_each_word_to_its_strongest_successors():
+    import torch
+
+    from softmaxlab.lab.experiments.graph_tv import cooccurrence
+
+    tokens = torch.tensor([0, 1, 0, 1, 0, 2, 3, 1])
+    (src, dst), w = cooccurrence(tokens, 4, edges=1)
+    edges = dict(zip(src.tolist(), zip(dst.tolist(), w.tolist(), strict=True), strict=True))
+    assert edges[0] == (1, pytest.approx(2 / 3))  # 0 -> 1 twice, 0 -> 2 once
+    assert edges[1][0] == 0 and edges[2] == (3, 1.0) and edges[3] == (1, 1.0)
+
+
+def test_dropout_decouple_runs_on_histories_the_test_makes(tmp_path, monkeypatch):
+    import torch
+
+    from softmaxlab.lab.datasets import Dataset, Split
+    from softmaxlab.lab.experiments import recsys
+
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        x = torch.randint(1, 30, (n, 8), generator=g)
+        return Split(x, (x[:, -1] % 29) + 1)  # the next item follows from the last one
+
+    data = Dataset("toy", "recommendation", split(400), split(50), split(50), n_classes=30)
+    monkeypatch.setattr(recsys.datasets, "load", lambda name, limit=None: data)
+    out = rp.reproduce("dropout-decouple", scale="smoke", out=tmp_path / "o", progress=False)
+    (check,) = json.loads((out / "verdicts.json").read_text())["checks"]
+    assert check["n"] == 2 and check["verdict"] != "not run"

@@ -112,8 +112,10 @@ def get(name: str) -> Experiment:
 from . import (  # noqa: E402,F401  (each module registers its experiments)
     calibration,
     ds_softmax,
+    graph_tv,
     margins,
     mixtures,
+    recsys,
     sigsoftmax,
     speed,
     taylor_spherical,

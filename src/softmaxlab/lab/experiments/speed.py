@@ -33,7 +33,24 @@ def _impls(name: str) -> dict[str, Callable[[torch.Tensor], object]]:
     if name == "topk":
         return {"softmaxlab.softmax_topk": lambda x: sl.softmax_topk(x, 5),
                 "softmax().topk": lambda x: torch.softmax(x, -1).topk(5, -1)}
+    if name == "sparse_loss":
+        return {"sparse_softmax_loss(k=10)": _step(lambda z, t: sl.losses.sparse_softmax_loss(
+                    z, t, k=10)),
+                "cross_entropy": _step(sl.losses.cross_entropy)}
     raise ValueError(f"unknown speed case {name!r}")
+
+
+def _step(loss):
+    """A training step of ``loss`` on logits ``x`` (targets: the row's index mod classes):
+    forward and the gradient of the logits."""
+
+    def step(x):
+        with torch.enable_grad():
+            z = x.detach().requires_grad_()
+            t = torch.arange(len(z)) % z.shape[-1]
+            return torch.autograd.grad(loss(z, t), z)[0]
+
+    return step
 
 
 def _median_time(fn, x, calls: int) -> float:
@@ -81,6 +98,7 @@ def run(out: str | Path, *, case: str, shape: tuple[int, int], repeats: int, cal
 _SOFTMAX = {"smoke": ((256, 4096), 3), "small": ((4000, 32768), 10),
             "full": ((4000, 262144), 20)}
 _TOPK = {"smoke": ((16, 65536), 3), "small": ((10, 1 << 20), 10), "full": ((10, 1 << 23), 20)}
+_SPARSE = {"smoke": ((256, 2048), 3), "small": ((2048, 10000), 10), "full": ((4096, 50257), 20)}
 
 
 def _setup(table, case):
@@ -117,6 +135,23 @@ register(Experiment(
         f"CPU, float32 {_TOPK[scale][0][0]}x{_TOPK[scale][0][1]}, K=5; the library's block "
         "search (block maxima and a streamed normalizer) against torch.softmax + "
         "torch.topk; the paper: CUDA on a V100, batch 4000 and 10, V up to ~10M"),
+    kind="speed",
+    tags=("speed",),
+))
+
+register(Experiment(
+    name="sparse-softmax-speed",
+    paper="Sun et al. 2021 (arXiv 2112.12433)",
+    claim="sparse-softmax (normalized over the k largest logits) is simpler and faster than "
+          "softmax cross-entropy for many classes (> 100)",
+    checks=(Check("sparse_softmax_loss(k=10)", "cross_entropy", "time_ms", higher=False,
+                  paper="faster (numbers not in our sources)"),),
+    setup=_setup(_SPARSE, "sparse_loss"),
+    differences=lambda scale: (
+        f"CPU, float32 logits {_SPARSE[scale][0][0]}x{_SPARSE[scale][0][1]}, a training "
+        "step (loss and logit gradient) of the library's sparse_softmax_loss(k=10) against "
+        "its softmax cross_entropy (torch's fused kernel); the paper's setting (GPU, "
+        "fine-tuning) is not stated in our sources"),
     kind="speed",
     tags=("speed",),
 ))
