@@ -18,7 +18,7 @@ from ._runs import arms
 
 _SETUP = {
     "smoke": dict(dataset="ptb", limit=20_000, weight=0.1, edges=4, epochs=1, seeds=2),
-    "small": dict(dataset="ptb", limit=150_000, weight=0.1, edges=8, epochs=3, seeds=3),
+    "small": dict(dataset="ptb", limit=100_000, weight=0.1, edges=8, epochs=2, seeds=3),
     "full": dict(dataset="ptb", limit=None, weight=0.1, edges=8, epochs=15, seeds=5),
 }
 BPTT, BATCH, DIM = 35, 32, 128

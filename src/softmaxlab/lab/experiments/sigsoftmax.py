@@ -8,7 +8,7 @@ from . import Check, Experiment, register
 
 _SETUP = {
     "smoke": dict(dataset="ptb", limit=20_000, seeds=2, epochs=1),
-    "small": dict(dataset="ptb", limit=150_000, seeds=3, epochs=3),
+    "small": dict(dataset="ptb", limit=100_000, seeds=3, epochs=2),
     "full": dict(dataset="ptb", seeds=5, epochs=20),
 }
 

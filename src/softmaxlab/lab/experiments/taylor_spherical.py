@@ -37,7 +37,7 @@ register(Experiment(
 
 _PTB = {
     "smoke": dict(dataset="ptb", limit=20_000, seeds=2, epochs=1),
-    "small": dict(dataset="ptb", limit=150_000, seeds=3, epochs=3),
+    "small": dict(dataset="ptb", limit=100_000, seeds=3, epochs=2),
     "full": dict(dataset="ptb", seeds=5, epochs=20),
 }
 
