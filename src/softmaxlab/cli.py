@@ -23,6 +23,7 @@ from ._text import table
 #: Modules that add a subcommand with ``register(subparsers)``.
 COMMANDS: tuple[str, ...] = ("softmaxlab.lab.datasets.command", "softmaxlab.lab.compare",
                              "softmaxlab.lab.sweep", "softmaxlab.lab.report",
+                             "softmaxlab.lab.reproduce",
                              "softmaxlab.bench.command")
 
 
