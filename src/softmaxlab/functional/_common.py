@@ -24,20 +24,22 @@ from .._constants import LOW_PRECISION, NEG_INF
 from .._validation import check_dim, check_dtype, check_input, check_mask
 from ..kernels import ops
 from ..kernels.ops import row_function
-from ..kernels.registry import KernelSpec, eager
+from ..kernels.registry import eager
 
-__all__ = ["along", "common_kernel", "compute", "row_function"]
+__all__ = ["along", "common_call", "compute", "row_function"]
 
 
-def common_kernel(op: str, x: torch.Tensor, dim: object, mask: object,
-                  dtype: object) -> KernelSpec | None:
-    """The kernel of ``op`` for the common call, which a mapping then runs with no further
+def common_call(op: str, row: str, x: torch.Tensor, dim: object, mask: object,
+                dtype: object, *args) -> torch.Tensor | None:
+    """``op``'s kernel row function ``row(x, *args)`` for the common call, with no further
     check: along the last dimension, no ``mask``, no ``dtype=`` (the mapping's parameters
     are its defaults or checked by the caller), where :func:`~softmaxlab.kernels.registry.
-    eager` finds one for ``x``; else ``None``: the mapping takes its general path
+    eager` finds a kernel for ``x``; else ``None``: the mapping takes its general path
     (:func:`along`), which validates and dispatches."""
     if mask is None and dtype is None and dim == -1 and type(dim) is int:
-        return eager(op, x)
+        spec = eager(op, x)
+        if spec is not None:
+            return row_function(spec.name, row)(x, *args)
     return None
 
 

@@ -9,11 +9,10 @@ from .._registry import Mapping, register
 from ..kernels import ops
 from ._common import (
     along,
-    common_kernel,
+    common_call,
     log_score_mapping,
     normalized,
     recomputed_vjp,
-    row_function,
     score_mapping,
 )
 
@@ -36,9 +35,9 @@ ops.register_vjp("sigsoftmax", recomputed_vjp(_sigsoftmax_rows))
 
 
 def _sigsoftmax(x, dim, mask, dtype, log):
-    spec = common_kernel("sigsoftmax", x, dim, mask, dtype)
-    if spec is not None:
-        return row_function(spec.name, "score_output")(x, None, log)
+    out = common_call("sigsoftmax", "score_output", x, dim, mask, dtype, None, log)
+    if out is not None:
+        return out
     def reference(z):
         return _sigsoftmax_rows(z, (), log)
 

@@ -7,7 +7,7 @@ import torch
 from .._constants import NEG_INF
 from .._registry import Mapping, positive_real, register
 from .._validation import check_broadcast, check_dtype, check_input
-from ._common import along, common_kernel, compute, exp_normalize, row_function
+from ._common import along, common_call, compute, exp_normalize
 
 TEMPERATURE = positive_real(
     "temperature", 1.0, valid=(0.5, 3.0), bad=(0.0, -1.0, float("inf"), float("nan"), "1")
@@ -73,9 +73,9 @@ def softmax(
         tensor([0.0486, 0.3592, 0.5922])
     """
     if type(temperature) is float and temperature == 1.0:
-        spec = common_kernel("softmax", x, dim, mask, dtype)
-        if spec is not None:
-            return row_function(spec.name, "expnorm_forward")(x, False)
+        out = common_call("softmax", "expnorm_forward", x, dim, mask, dtype, False)
+        if out is not None:
+            return out
     return _softmax(x, dim, temperature, mask, dtype, log=False)
 
 
@@ -97,9 +97,9 @@ def log_softmax(
         tensor([-0.6931, -0.6931])
     """
     if type(temperature) is float and temperature == 1.0:
-        spec = common_kernel("softmax", x, dim, mask, dtype)
-        if spec is not None:
-            return row_function(spec.name, "expnorm_forward")(x, True)
+        out = common_call("softmax", "expnorm_forward", x, dim, mask, dtype, True)
+        if out is not None:
+            return out
     return _softmax(x, dim, temperature, mask, dtype, log=True)
 
 

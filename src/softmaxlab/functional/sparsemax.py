@@ -13,7 +13,7 @@ from .._constants import NEG_INF
 from .._registry import Mapping, Param, register
 from .._validation import check_broadcast, check_dim, check_input, checks_values
 from ..kernels import ops
-from ._common import along, apply, common_kernel, compute, exp_normalize, row_function
+from ._common import along, apply, common_call, compute, exp_normalize
 from .softmax import softmax
 
 
@@ -260,9 +260,9 @@ def sparsemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = Non
         >>> sparsemax(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0000, 0.2500, 0.7500])
     """
-    spec = common_kernel("sparsemax", x, dim, mask, dtype)
-    if spec is not None:
-        return row_function(spec.name, "sparse_forward")(x, 2.0)
+    out = common_call("sparsemax", "sparse_forward", x, dim, mask, dtype, 2.0)
+    if out is not None:
+        return out
     return along(x, dim, mask,
                  lambda z: _sparse("sparsemax", z, 2.0, SparsemaxFunction, _Sparsemax), dtype)
 
@@ -280,9 +280,9 @@ def entmax15(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
         >>> entmax15(torch.tensor([-2.0, 0.0, 0.5]))
         tensor([0.0000, 0.3260, 0.6740])
     """
-    spec = common_kernel("entmax15", x, dim, mask, dtype)
-    if spec is not None:
-        return row_function(spec.name, "sparse_forward")(x, 1.5)
+    out = common_call("entmax15", "sparse_forward", x, dim, mask, dtype, 1.5)
+    if out is not None:
+        return out
     return along(x, dim, mask,
                  lambda z: _sparse("entmax15", z, 1.5, Entmax15Function, _Entmax15), dtype)
 

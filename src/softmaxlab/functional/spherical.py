@@ -8,11 +8,10 @@ from .._registry import Mapping, positive_real, register
 from ..kernels import ops
 from ._common import (
     along,
-    common_kernel,
+    common_call,
     log_score_mapping,
     normalized,
     recomputed_vjp,
-    row_function,
     safe_where,
     score_mapping,
 )
@@ -46,9 +45,9 @@ ops.register_vjp("spherical_softmax", recomputed_vjp(_spherical_rows))
 def _spherical(x, dim, eps, mask, dtype, log):
     EPS.validate(eps)
     coef = (float(eps), 0.0, 1.0)  # z^2 + eps
-    spec = common_kernel("spherical_softmax", x, dim, mask, dtype)
-    if spec is not None:
-        return row_function(spec.name, "score_output")(x, coef, log)
+    out = common_call("spherical_softmax", "score_output", x, dim, mask, dtype, coef, log)
+    if out is not None:
+        return out
 
     def reference(z):
         return _spherical_rows(z, coef, log)

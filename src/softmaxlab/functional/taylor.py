@@ -10,11 +10,10 @@ from .._registry import Mapping, Param, register
 from ..kernels import ops
 from ._common import (
     along,
-    common_kernel,
+    common_call,
     log_score_mapping,
     normalized,
     recomputed_vjp,
-    row_function,
     safe_where,
     score_mapping,
 )
@@ -80,9 +79,9 @@ ops.register_vjp("taylor_softmax", recomputed_vjp(_taylor_rows))
 def _taylor(x, dim, order, mask, dtype, log):
     ORDER.validate(order)
     coef = _coefficients(order)
-    spec = common_kernel("taylor_softmax", x, dim, mask, dtype)
-    if spec is not None:
-        return row_function(spec.name, "score_output")(x, coef, log)
+    out = common_call("taylor_softmax", "score_output", x, dim, mask, dtype, coef, log)
+    if out is not None:
+        return out
 
     def reference(z):
         return _taylor_rows(z, coef, log)

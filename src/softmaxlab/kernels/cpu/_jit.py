@@ -313,19 +313,22 @@ def _pool_launch(kernel, arrays, args, scratch, claims, threads):
 SINGLE_THREAD = 2 * MIN_ENTRIES_PER_THREAD
 
 
-def small_rows(t: torch.Tensor) -> tuple[int, int, int] | None:
-    """``(address, entries, row length)`` of the float32 tensor ``t`` when a kernel's
-    small-call entry serves it (C-contiguous, not empty, one thread's worth), else ``None``.
+def small_call(entry, t: torch.Tensor, *args) -> torch.Tensor | None:
+    """``entry(address of t, address of out, entries, row length, *args)`` into a new
+    ``out`` shaped like the float32 tensor ``t``, when a kernel's small-call entry serves
+    it (C-contiguous, not empty, one thread's worth); else ``None`` (the array path).
 
     A small call passes addresses, not arrays: NumPy views of tensors and numba's typing of
     array arguments cost ~1.3 us a call, as much as all of ``torch.softmax`` at (4, 8);
     :func:`rows_at` rebuilds the rows inside the compiled entry.
     """
     size = t.numel()
-    if 0 < size < SINGLE_THREAD and t.is_contiguous():
-        shape = t.shape
-        return t.data_ptr(), size, shape[-1] if shape else 1
-    return None
+    if not (0 < size < SINGLE_THREAD and t.is_contiguous()):
+        return None
+    shape = t.shape
+    out = torch.empty_like(t)  # contiguous, as t is
+    entry(t.data_ptr(), out.data_ptr(), size, shape[-1] if shape else 1, *args)
+    return out
 
 
 @inline

@@ -25,7 +25,7 @@ from ._jit import (
     row_sum,
     rows,
     rows_at,
-    small_rows,
+    small_call,
     special_row,
     wide_vectors,
 )
@@ -62,7 +62,7 @@ def _forward(x, out, log, claims):
 @row_kernel
 def _forward_at(px, po, size, n, log):
     """:func:`_forward` of the float32 rows at address ``px`` into ``po``, on this thread
-    (the small-call entry, :func:`._jit.small_rows`)."""
+    (the small-call entry, :func:`._jit.small_call`)."""
     _forward(rows_at(px, size, n), rows_at(po, size, n), log, one_claim())
 
 
@@ -92,10 +92,8 @@ def expnorm_forward(l: torch.Tensor, log: bool) -> torch.Tensor:
     tensor([[0.5000, 0.5000],
             [0.0000, 0.0000]])
     """
-    small = small_rows(l)
-    if small is not None:
-        out = torch.empty_like(l)  # contiguous, as l is
-        _forward_at(small[0], out.data_ptr(), small[1], small[2], log)
+    out = small_call(_forward_at, l, log)
+    if out is not None:
         return out
     x = rows(l)
     out, out_rows = empty_rows(l, x)

@@ -47,7 +47,7 @@ from ._jit import (
     row_sum,
     rows,
     rows_at,
-    small_rows,
+    small_call,
     special_row,
     wide_vectors,
 )
@@ -381,7 +381,7 @@ def _poly(coef: tuple[float, ...]) -> tuple[np.ndarray, float]:
 @row_kernel
 def _poly_forward_at(px, po, size, n, coef, safe, log):
     """:func:`_poly_forward` of the float32 rows at address ``px`` into ``po``, on this
-    thread, the statistics discarded (the small-call entry, :func:`._jit.small_rows`)."""
+    thread, the statistics discarded (the small-call entry, :func:`._jit.small_call`)."""
     _poly_forward(rows_at(px, size, n), rows_at(po, size, n), np.empty((size // n, 2)), coef,
                   safe, log, one_claim())
 
@@ -389,22 +389,18 @@ def _poly_forward_at(px, po, size, n, coef, safe, log):
 @row_kernel
 def _sig_forward_at(px, po, size, n, log):
     """:func:`_sig_forward` of the float32 rows at address ``px`` into ``po``, on this
-    thread, the statistics discarded (the small-call entry, :func:`._jit.small_rows`)."""
+    thread, the statistics discarded (the small-call entry, :func:`._jit.small_call`)."""
     _sig_forward(rows_at(px, size, n), rows_at(po, size, n), np.empty((size // n, 2)), log,
                  one_claim())
 
 
 def score_output(z: torch.Tensor, coef: tuple[float, ...] | None, log: bool) -> torch.Tensor:
     """The output of :func:`score_forward` alone, for a call that needs no backward."""
-    small = small_rows(z)
-    if small is None:
-        return score_forward(z, coef, log)[0]
-    out = torch.empty_like(z)  # contiguous, as z is
     if coef is None:
-        _sig_forward_at(small[0], out.data_ptr(), small[1], small[2], log)
+        out = small_call(_sig_forward_at, z, log)
     else:
-        _poly_forward_at(small[0], out.data_ptr(), small[1], small[2], *_poly(coef), log)
-    return out
+        out = small_call(_poly_forward_at, z, *_poly(coef), log)
+    return score_forward(z, coef, log)[0] if out is None else out
 
 
 def score_forward(z: torch.Tensor, coef: tuple[float, ...] | None, log: bool):

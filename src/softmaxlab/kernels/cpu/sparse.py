@@ -42,7 +42,7 @@ from ._jit import (
     row_sum,
     rows,
     rows_at,
-    small_rows,
+    small_call,
     special_row,
     wide_vectors,
 )
@@ -182,7 +182,7 @@ def _forward(x, out, entmax, newton_steps, buf, claims):
 @row_kernel
 def _forward_at(px, po, size, n, entmax, newton_steps):
     """:func:`_forward` of the float32 rows at address ``px`` into ``po``, on this thread
-    (the small-call entry, :func:`._jit.small_rows`)."""
+    (the small-call entry, :func:`._jit.small_call`)."""
     _forward(rows_at(px, size, n), rows_at(po, size, n), entmax, newton_steps,
              np.empty(n, np.float32), one_claim())
 
@@ -210,10 +210,8 @@ def _backward(p, g, grad, entmax, claims):
 def sparse_forward(z: torch.Tensor, alpha: float) -> torch.Tensor:
     """Sparsemax (``alpha=2``) or 1.5-entmax (``alpha=1.5``) of float32 rows ``z``
     (excluded entries ``-inf``)."""
-    small = small_rows(z)
-    if small is not None:
-        p = torch.empty_like(z)  # contiguous, as z is
-        _forward_at(small[0], p.data_ptr(), small[1], small[2], alpha == 1.5, MAX_NEWTON)
+    p = small_call(_forward_at, z, alpha == 1.5, MAX_NEWTON)
+    if p is not None:
         return p
     x = rows(z)
     p, p_rows = empty_rows(z, x)

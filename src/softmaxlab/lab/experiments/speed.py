@@ -1,6 +1,6 @@
 """Speed claims, timed with the bench harness: each repetition times every implementation
 once (interleaved, so load bursts hit them alike), median of several calls; a repetition is
-a "seed" of the paired comparison. Records go to ``results.jsonl`` like compare's runs
+a "seed" of the paired comparison. Records go to ``results.jsonl`` by :func:`._runs.runs`
 (``kind="run"``, ``mapping`` = the implementation), so an interrupted run resumes.
 
 Milakov & Gimelshein 2018 (arXiv 1805.02867), "Online normalizer calculation for softmax":
@@ -11,14 +11,13 @@ and up to 5x faster softmax + top-k (V100, batch 4000 and 10, K = 5).
 from __future__ import annotations
 
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from .. import results
 from . import Check, Experiment, register
+from ._runs import runs
 
 __all__ = ["run"]
 
@@ -69,30 +68,16 @@ def run(out: str | Path, *, case: str, shape: tuple[int, int], repeats: int, cal
         progress: bool = True) -> Path:
     """Time ``case``'s implementations on a float32 ``shape`` input, ``repeats`` times
     (resuming: repetitions already in ``out/results.jsonl`` are kept)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    results.repair(out)
     config = {"case": case, "shape": list(shape), "calls": calls, "dtype": "float32",
               "threads": torch.get_num_threads()}
-    done = {(r["mapping"], r["seed"]) for r in results.read(out)
-            if r["kind"] == "run" and r.get("config") == config}
     impls = _impls(case)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         for fn in impls.values():  # warm-up: compilation, first-touch of the pages
             fn(x)
-        for rep in range(repeats):
-            for name, fn in impls.items():
-                if (name, rep) in done:
-                    continue
-                ms = _median_time(fn, x, calls) * 1e3
-                results.append(out, {"kind": "run", "mapping": name, "seed": rep,
-                                     "status": "ok", "metrics": {"time_ms": ms},
-                                     "config": config})
-            if progress:
-                print(f"  {case} {shape[0]}x{shape[1]}: repetition {rep + 1}/{repeats}",
-                      file=sys.stderr)
-    return out
+        return runs(out, config, list(impls), repeats,
+                    lambda name, rep: {"time_ms": _median_time(impls[name], x, calls) * 1e3},
+                    progress)
 
 
 _SOFTMAX = {"smoke": ((256, 4096), 3), "small": ((4000, 32768), 10),
