@@ -519,6 +519,8 @@ def test_triton_plugs_in(monkeypatch):
 
     monkeypatch.setattr(kernels.registry, "_backend", lambda x, requested: "triton")
     monkeypatch.setitem(kernels.registry._MODULES, "triton.softmax", FakeTritonSoftmax)
+    # the common call's cache of choices, which would keep this test's: a fresh one, restored
+    monkeypatch.setattr(kernels.registry, "_EAGER", {})
     x = torch.randn(2, 3)
     assert torch.equal(sl.softmax(x, 0, temperature=2.0), torch.zeros(2, 3))
     assert calls == [((3, 2), False)]  # dim 0 moved last

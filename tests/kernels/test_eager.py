@@ -8,9 +8,13 @@ import torch
 
 import softmaxlab as sl
 from softmaxlab import kernels
+from softmaxlab.functional._common import GRAPH_FREE
 from softmaxlab.kernels import registry
 
+from ..tolerances import ORACLE
+
 pytest.importorskip("numba", reason="the CPU kernels need numba: pip install 'softmaxlab[cpu]'")
+from softmaxlab.kernels.cpu import composite  # (imports numba)
 
 #: public function -> the op whose kernel its common call runs
 SHORTCUTS = {
@@ -149,3 +153,128 @@ def test_softmax_topk_common_call_equals_the_general_path(shape, k):
     assert torch.equal(idx, idx_general)
     ref = torch.softmax(x.double(), -1).gather(-1, x.topk(k, -1).indices)
     torch.testing.assert_close(p.double(), ref, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------- forward-only composites
+#: public call -> (op, its forward-only row function called as the common call does)
+COMPOSITES = {
+    "sparse_softmax(k=3)": (lambda x: sl.sparse_softmax(x, k=3), "sparse_softmax",
+                            lambda x: composite.sparse_output(x, 3)),
+    "normalize": (sl.normalize, "normalize", composite.normalize_output),
+    **{f"{name}({a})": (lambda x, f=fn, a=a: f(x, activation=a), "activation_normalize",
+                        lambda x, a=a, log=log: composite.activation_output(x, a, log))
+       for a in composite.ACTIVATIONS
+       for name, fn, log in (("activation_normalize", sl.activation_normalize, False),
+                             ("log_activation_normalize", sl.log_activation_normalize, True))},
+}
+
+
+def _composite_input(name: str, shape, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64) * 3
+    if name == "normalize":
+        x = x.abs()
+    x.view(-1)[1] = float("-inf")
+    x.view(-1)[-1] = 1e30 if "normalize(" not in name or "relu" in name else 40.0
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("name", list(COMPOSITES))
+@pytest.mark.parametrize("shape", [(4, 8), (2, 3, 5), (5, 1)])
+def test_composite_shortcut_equals_the_reference(name, shape):
+    """The graph-free small call runs the forward-only kernel (the row function serves it
+    and the public call returns exactly its result), equal to the reference and to the
+    reference in float64 on the same values within the oracle tolerance."""
+    fn, op, row = COMPOSITES[name]
+    x = _composite_input(name, shape)
+    if "k=3" in name and shape[-1] < 3:
+        x = torch.cat([x] * 3, -1)
+    assert registry.eager(op, x, GRAPH_FREE).name == f"cpu.{op}"
+    assert registry.eager(op, x) is None and kernels.kernel_name(op, x) == "reference"
+    fast = row(x)
+    assert fast is not None
+    out = fn(x)
+    torch.testing.assert_close(out, fast, rtol=0, atol=0)
+    with kernels.use("reference"):
+        ref, ref64 = fn(x), fn(x.double())
+    tol = ORACLE[torch.float32]
+    torch.testing.assert_close(out, ref, rtol=tol.rtol, atol=tol.atol)
+    torch.testing.assert_close(out.double(), ref64, rtol=tol.rtol, atol=tol.atol)
+
+
+@pytest.mark.parametrize("name", list(COMPOSITES))
+def test_composite_rows_with_nothing_kept_or_nan(name):
+    fn, _, row = COMPOSITES[name]
+    x = _composite_input(name, (3, 6))
+    x[0] = float("-inf")
+    x[1, 2] = float("nan")
+    fast = row(x)
+    if name == "normalize":  # NaN: declined, the general path answers
+        assert fast is None
+        x[1, 2] = 1.0
+        fast = row(x)
+    with kernels.use("reference"):
+        ref = fn(x)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=4e-6, equal_nan=True)
+    torch.testing.assert_close(fn(x), ref, rtol=1e-5, atol=4e-6, equal_nan=True)
+    empty = 0.0 if not name.startswith("log_") else float("-inf")
+    assert fast[0].eq(empty).all()
+
+
+@pytest.mark.parametrize("case", ["tie", "inf", "large_k", "bool_k"])
+def test_sparse_softmax_shortcut_declines_where_the_reference_decides(case):
+    x = torch.tensor([[3.0, 1.0, 2.0, 1.0], [0.0, 1.0, 2.0, 3.0]])
+    k = 2
+    if case == "tie":  # the 2nd largest of row 0 has a twin: torch.topk breaks the tie
+        x[0] = torch.tensor([3.0, 2.0, 2.0, 1.0])
+    elif case == "inf":
+        x[1, 0] = float("inf")
+    elif case == "large_k":
+        x, k = torch.randn(2, 40), composite.MAX_K + 1
+    else:
+        k = True
+    assert composite.sparse_output(x, k) is None
+    if case == "bool_k":
+        with pytest.raises(TypeError, match="k"):
+            sl.sparse_softmax(x, k=k)
+        return
+    general = sl.sparse_softmax(x, k=k, dim=1)  # the general path, spelled out
+    torch.testing.assert_close(sl.sparse_softmax(x, k=k), general, rtol=0, atol=0,
+                               equal_nan=True)
+
+
+def test_sparse_softmax_shortcut_serves_ties_inside_the_top_k():
+    x = torch.tensor([[3.0, 3.0, 2.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    fast = composite.sparse_output(x, 2)
+    assert fast is None  # row 1: four equal values, the 2nd has twins
+    fast = composite.sparse_output(x[:1].contiguous(), 2)
+    torch.testing.assert_close(fast, torch.tensor([[0.5, 0.5, 0.0, 0.0]]), rtol=0, atol=0)
+
+
+def test_composite_shortcuts_still_validate():
+    x = torch.rand(3, 5)
+    with pytest.raises(ValueError, match="k must be <= the size"):
+        sl.sparse_softmax(x, k=6)
+    with pytest.raises(ValueError, match="k"):
+        sl.sparse_softmax(x, k=0)
+    with pytest.raises(ValueError, match="activation"):
+        sl.activation_normalize(x, activation="tanh")
+    x[1, 2] = -0.5
+    assert composite.normalize_output(x) is None
+    with pytest.raises(ValueError, match=r"-0\.5"):
+        sl.normalize(x)
+    x[1, 2] = float("inf")
+    assert composite.normalize_output(x) is None
+    torch.testing.assert_close(sl.normalize(x), sl.normalize(x, dim=1), rtol=0, atol=0,
+                               equal_nan=True)
+
+
+@pytest.mark.parametrize("name", list(COMPOSITES))
+def test_composite_calls_with_a_graph_take_the_reference(name):
+    fn, op, _ = COMPOSITES[name]
+    x = _composite_input(name, (3, 6)).requires_grad_()
+    assert registry.eager(op, x, GRAPH_FREE) is None
+    out = fn(x)
+    assert out.requires_grad
+    out.masked_fill(~torch.isfinite(out), 0).sum().backward()
+    assert torch.isfinite(x.grad).all()

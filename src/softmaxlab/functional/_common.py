@@ -30,18 +30,18 @@ __all__ = ["along", "common_call", "compute", "row_function"]
 
 
 def common_call(op: str, row: str, x: torch.Tensor, dim: object, mask: object,
-                dtype: object, *args) -> torch.Tensor | None:
+                dtype: object, *args, facts: tuple | None = None) -> torch.Tensor | None:
     """``op``'s kernel row function ``row(x, *args)`` for the common call, with no further
     check: along the last dimension, no ``mask``, no ``dtype=`` (the mapping's parameters
-    are its defaults or checked by the caller), where :func:`~softmaxlab.kernels.registry.
-    eager` finds a kernel for ``x``; else ``None``: the mapping takes its general path
-    (:func:`along`), which validates and dispatches."""
+    are its defaults or checked by the caller or the row function), where
+    :func:`~softmaxlab.kernels.registry.eager` finds a kernel for ``x`` (given ``facts``);
+    else, or where the row function returns ``None``, ``None``: the mapping takes its
+    general path (:func:`along`), which validates and dispatches."""
     if mask is None and dtype is None and dim == -1 and type(dim) is int:
-        spec = eager(op, x)
+        spec = eager(op, x, facts)
         if spec is not None:
             return row_function(spec.name, row)(x, *args)
     return None
-
 
 
 def along(
@@ -75,6 +75,11 @@ def along(
     if not ndim:
         out = out.reshape(())
     return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+#: The fact of a common call (:func:`common_call`): it needs no autograd graph, so
+#: forward-only kernels serve it.
+GRAPH_FREE = (("graph_free", True),)
 
 
 def compute(z: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,15 @@ import torch.nn.functional as F
 
 from .._registry import Mapping, Param, register
 from .._validation import checks_values
-from ._common import along, compute, excluded_entries, log_score_mapping, safe_where
+from ._common import (
+    GRAPH_FREE,
+    along,
+    common_call,
+    compute,
+    excluded_entries,
+    log_score_mapping,
+    safe_where,
+)
 
 
 def _log_softplus(z: torch.Tensor, _excl: torch.Tensor) -> torch.Tensor:
@@ -69,6 +77,10 @@ def activation_log_score(z: torch.Tensor, activation: str = "softplus") -> torch
 
 
 def _activation(x, dim, activation, mask, dtype, log):
+    out = common_call("activation_normalize", "activation_output", x, dim, mask, dtype,
+                      activation, log, facts=GRAPH_FREE)
+    if out is not None:
+        return out
     ACTIVATION.validate(activation)
     score = ACTIVATIONS[activation]
     return along(x, dim, mask, lambda z: log_score_mapping(z, score, log), dtype)
@@ -134,7 +146,8 @@ def normalize(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = Non
         >>> normalize(torch.tensor([1.0, 2.0]))
         tensor([0.3333, 0.6667])
     """
-    return along(x, dim, mask, _normalize_core, dtype)
+    out = common_call("normalize", "normalize_output", x, dim, mask, dtype, facts=GRAPH_FREE)
+    return along(x, dim, mask, _normalize_core, dtype) if out is None else out
 
 
 def ova_sigmoid(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None,

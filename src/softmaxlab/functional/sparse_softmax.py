@@ -6,7 +6,7 @@ import torch
 
 from .._registry import Mapping, Param, register
 from .._validation import check_dim, check_input
-from ._common import along, compute, exp_normalize
+from ._common import GRAPH_FREE, along, common_call, compute, exp_normalize
 
 K = Param("k", 1, (int,), lambda k: k >= 1, "an integer >= 1 (and <= the size of dim)",
           valid=(2, 3), bad=(0, -1, 2.0))
@@ -37,6 +37,10 @@ def sparse_softmax(
         >>> sparse_softmax(torch.tensor([-2.0, 0.0, 0.5]), k=2)
         tensor([0.0000, 0.3775, 0.6225])
     """
+    out = common_call("sparse_softmax", "sparse_output", x, dim, mask, dtype, k,
+                      facts=GRAPH_FREE)
+    if out is not None:
+        return out
     _check_k(x, dim, k)
 
     def core(z):

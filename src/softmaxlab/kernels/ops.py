@@ -18,6 +18,9 @@ family          row functions of a kernel module (rows ``(*, n)``, contiguous)
                 ``sparse_backward(g, p, alpha) -> grad``
 ``topk``        ``topk_forward(x, k) -> (p (*, k), idx (*, k) int64, stats (*, 2) float64)``,
                 ``topk_backward(g, x, p, idx, stats) -> grad``
+(forward only)  ``<name>_output(z, *params) -> out or None`` (no custom op: the
+                common call that needs no graph, ``graph_free`` fact; ``None``
+                declines it), e.g. :mod:`softmaxlab.kernels.cpu.composite`
 ==============  ===============================================================
 
 Log forms pass zero gradient to excluded (``-inf``) entries and ignore the upstream gradient

@@ -12,6 +12,9 @@ exp-normalizing mapping)    ``cpu.softmax_torch`` :mod:`.softmax` (torch's kerne
 ``sigsoftmax``
 ``sparsemax``, ``entmax15`` ``cpu.<op>``          :mod:`.sparse` (numba), exact thresholds
                                                   among a few candidates, no sort
+``sparse_softmax``,         ``cpu.<op>``          :mod:`.composite` (numba), forward only: the
+``normalize``,                                    small call that needs no autograd graph
+``activation_normalize``                          (``graph_free`` fact, :func:`..registry.eager`)
 ``softmax_topk``            ``cpu.softmax_topk``  :mod:`.topk` (numba), block maxima and a
                                                   streamed normalizer, when :func:`topk_applies`
 ``cross_entropy``           ``cpu.cross_entropy_  :mod:`.softmax`: torch's fused
@@ -66,6 +69,9 @@ for _op in ("taylor_softmax", "spherical_softmax", "sigsoftmax"):
     _cpu(_op, f"cpu.{_op}", "scores")
 for _op in ("sparsemax", "entmax15"):
     _cpu(_op, f"cpu.{_op}", "sparse")
+for _op in ("sparse_softmax", "normalize", "activation_normalize"):
+    _cpu(_op, f"cpu.{_op}", "composite", (torch.float32,),
+         applies=lambda f: f.get("graph_free", False))
 _cpu("softmax_topk", "cpu.softmax_topk", "topk", applies=lambda f: topk_applies(f["n"], f["k"]))
 _cpu("cross_entropy", "cpu.cross_entropy_torch", "softmax", FLOATING, needs=None,
      applies=lambda f: f["mapping"] == "softmax" and not f["params"])

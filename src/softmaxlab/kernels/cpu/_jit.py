@@ -316,7 +316,8 @@ SINGLE_THREAD = 2 * MIN_ENTRIES_PER_THREAD
 def small_call(entry, t: torch.Tensor, *args) -> torch.Tensor | None:
     """``entry(address of t, address of out, entries, row length, *args)`` into a new
     ``out`` shaped like the float32 tensor ``t``, when a kernel's small-call entry serves
-    it (C-contiguous, not empty, one thread's worth); else ``None`` (the array path).
+    it (C-contiguous, not empty, one thread's worth) and the entry does not return
+    ``False`` (it declines these values); else ``None`` (the caller's other path).
 
     A small call passes addresses, not arrays: NumPy views of tensors and numba's typing of
     array arguments cost ~1.3 us a call, as much as all of ``torch.softmax`` at (4, 8);
@@ -327,8 +328,9 @@ def small_call(entry, t: torch.Tensor, *args) -> torch.Tensor | None:
         return None
     shape = t.shape
     out = torch.empty_like(t)  # contiguous, as t is
-    entry(t.data_ptr(), out.data_ptr(), size, shape[-1] if shape else 1, *args)
-    return out
+    declined = entry(t.data_ptr(), out.data_ptr(), size, shape[-1] if shape else 1,
+                     *args) is False
+    return None if declined else out
 
 
 @inline
