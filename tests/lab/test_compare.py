@@ -431,6 +431,54 @@ def test_language_modeling_end_to_end_on_a_tiny_corpus(tmp_path):
     assert result["status"] == "ok" and 1 < result["metrics"]["perplexity"] < 2 * vocab
 
 
+def _tiny_corpus(tmp_path) -> Path:
+    g = torch.Generator().manual_seed(0)
+    words = "the cat sat on a mat and dog ran far away".split()
+    lines = [" ".join(words[i] for i in torch.randint(len(words), (8,), generator=g))
+             for _ in range(120)]
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("\n".join(lines))
+    return corpus
+
+
+def test_compare_attention_mappings_of_a_transformer(tmp_path):
+    """--attention: the runs differ in the transformer's attention only (one softmax
+    head); sparse attention shows a smaller support per query than softmax's, whose support
+    is at most the causal prefix ((T + 1) / 2 keys on average)."""
+    corpus = _tiny_corpus(tmp_path)
+    out = compare(dataset=str(corpus), attention="softmax,sparsemax,entmax:alpha=1.3",
+                  seeds=1, epochs=1, out=tmp_path / "out", progress=False)
+    by_name = {r["mapping"]: r for r in runs_of(out)}
+    assert set(by_name) == {"softmax", "sparsemax", "entmax:alpha=1.3"}
+    assert all(r["status"] == "ok" for r in by_name.values()), by_name
+    config = by_name["softmax"]["config"]
+    assert config["model"] == "transformer" and config["head"] == "softmax"
+    vocab = load(corpus).n_classes
+    support = {k: r["metrics"]["attention_support"] for k, r in by_name.items()}
+    causal = (RunConfig.bptt + 1) / 2
+    assert 1 <= support["sparsemax"] < support["softmax"] <= causal
+    for r in by_name.values():  # every arm keeps the softmax head: full output support
+        assert r["metrics"]["support"] == vocab and r["metrics"]["perplexity"] > 1
+    md = (out / "report.md").read_text()
+    assert "attention support" in md and "model transformer" in md
+    summary = summarize(out, goal="sparsity")
+    assert summary.recommendation.metric == "attention_support"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(attention="softmax,bogus"), "unknown attention mapping 'bogus'"),
+    (dict(attention="sigmoid:bias=1"), "sigmoid takes no parameters"),
+    (dict(attention="entmax:alpha=0.5"), "--attention entmax:alpha=0.5"),
+    (dict(attention="softmax", model="lstm"), "needs a model with attention"),
+    (dict(attention="softmax", mappings="softmax,sparsemax"), "one output head"),
+])
+def test_compare_attention_bad_options(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        compare(dataset=str(_tiny_corpus(tmp_path)), seeds=1, epochs=1, out=tmp_path / "out",
+                progress=False, **kwargs)
+    assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
 def test_recommendation_end_to_end_on_a_tiny_dataset(tmp_path):
     g = torch.Generator().manual_seed(0)
 

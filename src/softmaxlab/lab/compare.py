@@ -18,8 +18,8 @@ from pathlib import Path
 from . import datasets, options, outputs, results
 from .executor import EXECUTORS, emit
 from .executor import executor as make_executor
-from .heads import parse_heads, too_big
-from .models import build_model, check_model
+from .heads import get_head, parse_attention, parse_heads, too_big
+from .models import ATTENTION_MODELS, build_model, check_model
 from .train import RunConfig, run
 
 __all__ = ["compare", "register"]
@@ -72,7 +72,7 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
             batch_size: int = RunConfig.batch_size, device: str = RunConfig.device,
             label: str | None = None, progress: bool = True, force: bool = False,
             shuffle: bool = True, goal: str = "accuracy", executor: str = "local",
-            address: str | None = None) -> Path:
+            address: str | None = None, attention: str | None = None) -> Path:
     """Run every missing ``(mapping, seed)`` of the comparison and render the report.
 
     ``dataset`` is a name or path for ``softmaxlab.lab.datasets.load`` (split seed 0) or a
@@ -83,7 +83,11 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
     so that no mapping is always first in a worker. ``goal`` (accuracy, calibration,
     sparsity, speed) is what the report's recommendation optimises. ``executor="ray"`` runs
     the trainings as Ray tasks (at most ``jobs`` at once) on the cluster at ``address``, or
-    on a local Ray of ``jobs`` CPUs; the records are the same. Returns the run directory.
+    on a local Ray of ``jobs`` CPUs; the records are the same. ``attention`` (comma-separated
+    attention mappings, :func:`.heads.parse_attention`): the runs compare those as the
+    self-attention of a model with attention (default ``transformer``), all with one output
+    head (``mappings``: one name; ``"all"`` means softmax); a run's ``mapping`` is then its
+    attention mapping. Returns the run directory.
     """
     from .report import OUTPUT_NAMES, render  # Matplotlib: the lab extra
 
@@ -101,12 +105,27 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
     options.check_executor(executor, address)
     if out is not None:
         out = outputs.prepare(out)
+    arms = parse_attention(attention) if attention is not None else None
+    if arms is not None:
+        if mappings.strip() == "all":
+            heads = (get_head("softmax"),)
+        elif len(heads) != 1:
+            raise ValueError(f"--attention compares attention mappings under one output head: "
+                             f"give --mappings one name (or leave it 'all': softmax), got "
+                             f"{mappings!r}")
+        if model is None:
+            model = ATTENTION_MODELS[0]
     if isinstance(dataset, (str, Path)):
         dataset = datasets.load(dataset, limit=limit, label=label)
     cfg = RunConfig(model=check_model(model, dataset.task), epochs=epochs, lr=lr,
-                    batch_size=batch_size, device=device)
-    build_model(cfg.model, dataset, cosine=False)  # a model that does not fit fails here, once
+                    batch_size=batch_size, device=device,
+                    head=heads[0].name if arms is not None else None)
+    for arm in arms or [None]:  # a model that does not fit fails here, once
+        build_model(cfg.model, dataset, cosine=False, attention=arm and arm[1:])
     heads = _fit_heads(heads, dataset.n_classes, explicit=mappings.strip() != "all")
+    if arms is not None and heads[0].skip:
+        raise ValueError(f"--mappings {heads[0].name}: {heads[0].skip}")
+    names = [h.name for h in heads if not h.skip] if arms is None else [a[0] for a in arms]
     if out is None:
         out = outputs.prepare(Path("runs") / f"compare-{dataset.name}")
     config = {"dataset": dataset.name, "source": dataset.meta.get("source"),
@@ -120,12 +139,11 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
         results.repair(out)
     done = _check_config(out, config)
     outputs.make(out)
-    for h in heads:
+    for h in heads if arms is None else ():
         if h.skip and (h.name, None) not in done:
             results.append(out, {"kind": "skipped", "mapping": h.name, "seed": None,
                                  "reason": h.skip, "config": config})
-    tasks = [(h.name, s) for h in heads if not h.skip for s in range(seeds)
-             if (h.name, s) not in done]
+    tasks = [(name, s) for name in names for s in range(seeds) if (name, s) not in done]
     if shuffle:
         random.Random(0).shuffle(tasks)
     jobs = max(1, min(jobs, len(tasks)))
@@ -277,7 +295,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       epochs=args.epochs, model=args.model, jobs=args.jobs, out=args.out,
                       limit=args.limit, lr=args.lr, batch_size=args.batch_size,
                       device=args.device, label=args.label, force=args.force,
-                      goal=args.goal, executor=args.executor, address=args.address)
+                      goal=args.goal, executor=args.executor, address=args.address,
+                      attention=args.attention)
     except KeyboardInterrupt:
         print("\ninterrupted: every finished run is kept; rerun the same command to resume",
               file=sys.stderr)
@@ -309,6 +328,12 @@ def register(subparsers) -> None:
                         "its parameters if you like: entmax:alpha=1.3,sparse_softmax:k=5, "
                         "arcface:margin=0.3 (a margin loss's scale and margin) (default "
                         "%(default)s; `softmaxlab list` shows the mappings' parameters)")
+    p.add_argument("--attention", default=None,
+                   help="compare attention mappings instead: comma-separated names (softmax, "
+                        "entmax15, sparsemax, sigmoid, softmax1, entmax:alpha=1.3, ...), each "
+                        "the self-attention of --model transformer (the default then), all "
+                        "with the output head of --mappings (one name; 'all': softmax); the "
+                        "report adds the attention support (keys per query)")
     p.add_argument("--goal", choices=options.GOALS, default="accuracy",
                    help="what the recommendation optimises: accuracy (the task's quality "
                         "metric), calibration (ECE), sparsity (support; among mappings not "

@@ -30,7 +30,7 @@ from .. import losses as L
 from .._registry import Mapping, Param, get_mapping, mappings, positive_finite
 
 __all__ = ["Head", "SWEEPS", "heads", "default_heads", "get_head", "head_name", "order_key",
-           "parse_heads", "too_big"]
+           "parse_attention", "parse_heads", "too_big"]
 
 
 
@@ -212,26 +212,63 @@ def default_heads() -> tuple[Head, ...]:
     return tuple(out)
 
 
-def parse_heads(spec: str) -> tuple[Head, ...]:
-    """``"all"`` (:func:`default_heads`, skipped ones included) or comma-separated entries
-    ``name`` / ``name:p=v`` (a ``p=v`` after a comma continues the entry before it)."""
-    if spec.strip() == "all":
-        return default_heads()
+def _entries(spec: str, flag: str, expected: str = "comma-separated names") -> list[str]:
+    """Comma-separated entries ``name`` / ``name:p=v`` (a ``p=v`` after a comma continues
+    the entry before it)."""
     entries: list[str] = []
     for token in (t.strip() for t in spec.split(",")):
         if not token:
             continue
         if "=" in token and ":" not in token:
             if not entries:
-                raise ValueError(f"--mappings: {token!r} must follow a mapping name "
+                raise ValueError(f"{flag}: {token!r} must follow a mapping name "
                                  "(name:param=value)")
             entries[-1] += "," + token
         else:
             entries.append(token)
     if not entries:
-        raise ValueError(f"--mappings must be 'all' or comma-separated names, got {spec!r}")
-    found = [get_head(e) for e in entries]
+        raise ValueError(f"{flag} must be {expected}, got {spec!r}")
+    return entries
+
+
+def parse_heads(spec: str) -> tuple[Head, ...]:
+    """``"all"`` (:func:`default_heads`, skipped ones included) or comma-separated entries
+    ``name`` / ``name:p=v`` (a ``p=v`` after a comma continues the entry before it)."""
+    if spec.strip() == "all":
+        return default_heads()
+    found = [get_head(e) for e in _entries(spec, "--mappings", "'all' or comma-separated names")]
     return tuple({h.name: h for h in found}.values())
+
+
+def parse_attention(spec: str) -> list[tuple[str, str, dict]]:
+    """``--attention``: comma-separated attention mappings
+    (:func:`softmaxlab.attention.normalizers.normalizer_names`), each ``name`` or, for a
+    registry mapping, ``name:p=v``, as ``(label, mapping, params)``.
+
+    Example:
+        >>> parse_attention("entmax15,sigmoid")
+        [('entmax15', 'entmax15', {}), ('sigmoid', 'sigmoid', {})]
+    """
+    from ..attention.normalizers import normalizer_names
+
+    names = normalizer_names()
+    out: dict[str, tuple[str, str, dict]] = {}
+    for entry in _entries(spec, "--attention"):
+        base, _, rest = entry.partition(":")
+        if base not in names:
+            raise ValueError(f"--attention: unknown attention mapping {base!r}; valid names: "
+                             f"{', '.join(names)}")
+        if not rest:
+            out[base] = (base, base, {})
+            continue
+        if base not in {h.name for h in heads()}:
+            raise ValueError(f"--attention {entry}: {base} takes no parameters here")
+        try:
+            head = get_head(entry)
+        except ValueError as e:
+            raise ValueError(str(e).replace("--mappings", "--attention")) from None
+        out[head.name] = (head.name, base, dict(head.kwargs))
+    return list(out.values())
 
 
 def too_big(head: Head, n_classes: int) -> str | None:

@@ -20,9 +20,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..nn import CosineClassifier
+from ..nn import CosineClassifier, MultiheadAttention
 
-__all__ = ["MODELS", "DEFAULT_MODEL", "build_model", "check_model"]
+__all__ = ["ATTENTION_MODELS", "MODELS", "DEFAULT_MODEL", "build_model", "check_model"]
 
 
 def output_layer(in_features: int, n_classes: int, cosine: bool) -> nn.Module:
@@ -77,16 +77,48 @@ class LSTMLM(nn.Module):
 
 
 class TransformerLM(nn.Module):
-    """Word and learned position embeddings, a causal 2-layer Transformer encoder."""
+    """Word and learned position embeddings, a causal 2-layer Transformer encoder.
 
-    def __init__(self, vocab: int, cosine: bool, dim: int = 128, max_len: int = 512):
+    ``attention``: ``(mapping, params)`` of every layer's self-attention
+    (:class:`softmaxlab.nn.MultiheadAttention`); ``None``: torch's own module (softmax).
+    """
+
+    def __init__(self, vocab: int, cosine: bool, dim: int = 128, max_len: int = 512,
+                 attention: tuple[str, dict] | None = None):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.pos = nn.Embedding(max_len, dim)
         layer = nn.TransformerEncoderLayer(dim, nhead=4, dim_feedforward=2 * dim,
                                            dropout=0.0, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        if attention is not None:
+            mapping, params = attention
+            for each in self.encoder.layers:
+                each.self_attn = MultiheadAttention(dim, 4, batch_first=True, mapping=mapping,
+                                                    mapping_params=dict(params))
         self.out = output_layer(dim, vocab, cosine)
+
+    @torch.no_grad()
+    def attention_support(self, x: torch.Tensor) -> tuple[int, int]:
+        """``(keys with non-zero weight, queries)`` summed over the layers and heads of a
+        forward pass on ``x``: their ratio is the mean attention support per query (a
+        causal softmax query at position ``t`` sees ``t + 1`` keys)."""
+        calls: list = []
+        hooks = [each.self_attn.register_forward_pre_hook(
+            lambda m, args, kwargs: calls.append((m, args, kwargs)), with_kwargs=True)
+            for each in self.encoder.layers]
+        try:
+            self(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        keys = queries = 0
+        for module, args, kwargs in calls:
+            _, w = module(*args, **{**kwargs, "need_weights": True,
+                                    "average_attn_weights": False})
+            keys += int((w > 0).sum())
+            queries += w.shape[:-1].numel()
+        return keys, queries
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = x.shape[1]
@@ -127,7 +159,8 @@ MODELS: dict[str, tuple[str, Callable[..., nn.Module]]] = {
     "mlp": ("classification", lambda d, cos: MLP(_features(d), d.n_classes, cos)),
     "cnn": ("classification", lambda d, cos: CNN(_image_shape(d), d.n_classes, cos)),
     "lstm": ("language_model", lambda d, cos: LSTMLM(d.n_classes, cos)),
-    "transformer": ("language_model", lambda d, cos: TransformerLM(d.n_classes, cos)),
+    "transformer": ("language_model", lambda d, cos, **kw: TransformerLM(d.n_classes, cos,
+                                                                          **kw)),
     "gru": ("recommendation", lambda d, cos: GRURec(d.n_classes, cos)),
 }
 #: The model used when none is named, per task.
@@ -144,6 +177,19 @@ def check_model(name: str | None, task: str) -> str:
     return name
 
 
-def build_model(name: str, dataset, cosine: bool) -> nn.Module:
-    """Model ``name`` for ``dataset`` with a linear (or, ``cosine``, a cosine) output."""
-    return MODELS[check_model(name, dataset.task)][1](dataset, cosine)
+#: The models whose attention mapping can be chosen (``build_model(attention=...)``).
+ATTENTION_MODELS = ("transformer",)
+
+
+def build_model(name: str, dataset, cosine: bool,
+                attention: tuple[str, dict] | None = None) -> nn.Module:
+    """Model ``name`` for ``dataset`` with a linear (or, ``cosine``, a cosine) output;
+    ``attention``: ``(mapping, params)`` of its self-attention (a model of
+    :data:`ATTENTION_MODELS`)."""
+    name = check_model(name, dataset.task)
+    if attention is None:
+        return MODELS[name][1](dataset, cosine)
+    if name not in ATTENTION_MODELS:
+        raise ValueError(f"--attention needs a model with attention ({', '.join(ATTENTION_MODELS)}"
+                         f"), got model {name!r}")
+    return MODELS[name][1](dataset, cosine, attention=attention)

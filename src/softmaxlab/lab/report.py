@@ -46,6 +46,7 @@ METRICS = {
     "temperature": ("T (fitted)", None, 1),
     "brier": ("Brier", False, 1),
     "support": ("support", False, 1),
+    "attention_support": ("attention support", False, 1),
     "train_time_per_epoch": ("train s/epoch", False, 1),
     "inference_time_per_example": ("infer µs/example", False, 1e6),
     "peak_memory_mb": ("peak MB", False, 1),
@@ -157,7 +158,8 @@ def summarize(directory: str | Path, goal: str | None = None) -> Summary:
     sessions = [r for r in records if r["kind"] == "session"]
     goal = check_goal(goal or _last_goal(sessions))
     config = runs[-1]["config"]
-    metrics = list(TASK_METRICS[config["task"]])
+    metrics = [m for m in TASK_METRICS[config["task"]] if m != "attention_support"
+               or any(r.get("metrics", {}).get(m) is not None for r in runs)]
     rows: dict[str, Row] = {}
     for r in runs:
         row = rows.setdefault(r["mapping"], Row(r["mapping"], "ok"))
@@ -179,7 +181,7 @@ def summarize(directory: str | Path, goal: str | None = None) -> Summary:
         higher = METRICS[m][1]
         scored = [(row.center(m), row.mapping) for row in summary.rows
                   if row.center(m) is not None]
-        if higher is not None and scored and m != "support":
+        if higher is not None and scored and m not in ("support", "attention_support"):
             summary.best[m] = (max if higher else min)(scored)[1]
     _decide(summary)
     return summary
@@ -194,6 +196,8 @@ def _decide(summary: Summary) -> None:
     values = {m: {r.mapping: r.by_seed[m] for r in summary.rows
                   if r.mapping in complete and m in r.by_seed} for m in summary.metrics}
     metric = evidence.goal_metric(summary.goal, summary.primary)
+    if metric == "support" and summary.config.get("head") is not None:
+        metric = "attention_support"  # the runs differ in their attention, not their head
     labels = {m: METRICS[m][0] for m in METRICS}
     train_time = {r.mapping: r.center("train_time_per_epoch") for r in summary.rows
                   if r.mapping in complete and r.center("train_time_per_epoch")}
@@ -627,7 +631,7 @@ def next_step(summary: Summary) -> list[str] | None:
     contenders with more seeds, in the same run directory (finished runs are kept), as
     words; ``None`` when the evidence is not weak."""
     from .datasets import datasets
-    from .models import check_model
+    from .models import ATTENTION_MODELS, check_model
     from .train import RunConfig
 
     rec = summary.recommendation
@@ -640,14 +644,17 @@ def next_step(summary: Summary) -> list[str] | None:
     names = list(dict.fromkeys([rec.reference, rec.choice, *rec.contenders]))
     builtin = {d.name for d in datasets()}
     dataset = c["dataset"] if c["dataset"] in builtin else (c.get("source") or c["dataset"])
-    words = ["softmaxlab", "compare", "--dataset", str(dataset), "--mappings", ",".join(names),
-             "--seeds", "10"]
+    arms = (["--mappings", ",".join(names)] if c.get("head") is None else
+            ["--attention", ",".join(names)]
+            + (["--mappings", c["head"]] if c["head"] != "softmax" else []))
+    words = ["softmaxlab", "compare", "--dataset", str(dataset), *arms, "--seeds", "10"]
     if summary.goal != "accuracy":
         words += ["--goal", summary.goal]
     defaults = RunConfig(model=check_model(None, c["task"]))
     for key, flag in (("model", "--model"), ("epochs", "--epochs"), ("lr", "--lr"),
                       ("batch_size", "--batch-size"), ("device", "--device")):
-        if c.get(key) != getattr(defaults, key):
+        if c.get(key) != getattr(defaults, key) and not (
+                key == "model" and c.get("head") is not None and c[key] == ATTENTION_MODELS[0]):
             words += [flag, str(c[key])]
     if c.get("limit"):
         words += ["--limit", str(c["limit"])]

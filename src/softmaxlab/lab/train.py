@@ -13,7 +13,8 @@ Metrics (on the test split; ``None`` where undefined):
 * ``ece`` (15 bins) before and, with the temperature fitted on validation
   (``softmaxlab.calibration.fit_temperature``, mappings with a log form), after temperature
   scaling (``ece_ts``, ``temperature``); ``brier``; ``support`` (mean number of non-zero
-  probabilities).
+  probabilities); for models with attention, ``attention_support`` (mean number of keys
+  with non-zero weight per query, over layers and heads).
 * cost: ``train_time`` (seconds inside the training steps: forward, loss, backward,
   optimizer step), ``train_time_per_epoch`` (the median over epochs of those seconds),
   ``wall_time`` (the whole run: data, evaluation, calibration included),
@@ -46,7 +47,7 @@ import torch
 
 from .. import calibration as cal
 from ..bench.memory import TensorPeak
-from .heads import Head, get_head
+from .heads import Head, get_head, parse_attention
 from .models import build_model
 
 __all__ = ["RunConfig", "run", "TASK_METRICS"]
@@ -54,6 +55,7 @@ __all__ = ["RunConfig", "run", "TASK_METRICS"]
 #: The metrics recorded for each task; the first one ranks the mappings.
 TASK_METRICS = {
     task: (*quality, "ece", "ece_ts", "temperature", "brier", "support",
+           *(("attention_support",) if task == "language_model" else ()),
            "train_time_per_epoch", "inference_time_per_example", "peak_memory_mb")
     for task, quality in (("classification", ("accuracy", "nll")),
                           ("language_model", ("perplexity", "accuracy", "nll")),
@@ -75,6 +77,9 @@ class RunConfig:
     """Everything besides the head and the seed that decides a run's numbers."""
 
     model: str
+    #: ``None``: each run's mapping is its output head. A head name (``--attention``): each
+    #: run's mapping is the model's attention mapping, and every run's output head is this.
+    head: str | None = None
     epochs: int = 60
     lr: float = 3e-3
     batch_size: int = 64
@@ -182,6 +187,7 @@ def evaluate(model, head: Head, inputs, targets, device: torch.device,
     model.eval()
     n = correct = 0
     sums = {"nll": 0.0, "brier": 0.0, "support": 0.0, "hr": 0.0, "ndcg": 0.0}
+    attention = [0, 0] if full and hasattr(model, "attention_support") else None
     rel = {t: torch.zeros(3, N_BINS, dtype=torch.float64) for t in ("raw", "ts")}
     for x, y in batches(inputs, targets, _eval_batch(targets)):
         x, y = x.to(device), y.to(device)
@@ -200,6 +206,10 @@ def evaluate(model, head: Head, inputs, targets, device: torch.device,
             continue
         sums["brier"] += float(cal.brier(p, y)) * len(y)
         sums["support"] += float((p > 0).sum())
+        if attention is not None:
+            keys, queries = model.attention_support(x)
+            attention[0] += keys
+            attention[1] += queries
         scaled = {"raw": p}
         if temperature is not None:
             scaled["ts"] = head.probs(out, temperature)
@@ -226,6 +236,7 @@ def evaluate(model, head: Head, inputs, targets, device: torch.device,
         "ece_ts": ece["ts"] if temperature is not None else None,
         "brier": sums["brier"] / n,
         "support": sums["support"] / n,
+        "attention_support": attention[0] / attention[1] if attention else None,
         "inference_time_per_example": inference_time(model, head, inputs, targets, device),
         "reliability": {k: {"counts": v[0].tolist(),
                             "confidence": (v[1] / v[0].clamp(min=1)).tolist(),
@@ -333,13 +344,17 @@ def run(dataset, head_name: str, seed: int, cfg: RunConfig, on_epoch=None) -> di
     record = {"mapping": head_name, "seed": seed}
     start = time.perf_counter()
     try:
+        attention = None
+        if cfg.head is not None:  # head_name names the attention
+            attention = parse_attention(head_name)[0][1:]
+            head_name = cfg.head
         head = get_head(head_name)
         if head.skip:
             raise ValueError(f"{head_name} cannot train a classifier: {head.skip}")
         device = torch.device(cfg.device)
         with single_thread():
             torch.manual_seed(seed)
-            model = build_model(cfg.model, dataset, head.cosine).to(device)
+            model = build_model(cfg.model, dataset, head.cosine, attention).to(device)
             peak = warm_up_step(model, head, dataset, cfg, device)
             epoch_times, curve = _train(model, head, dataset, cfg, seed, device, on_epoch)
             vx, vy = examples(dataset, "val", cfg.bptt)
