@@ -9,9 +9,9 @@ import torch
 
 from .._constants import LOW_PRECISION, NEG_INF
 from .._registry import Mapping
-from .._validation import check_mask, checks_values
+from .._validation import check_input, check_mask, checks_values
 from ..losses._common import check_target_ids, class_weights, raise_bad_target
-from ._comm import Shard
+from ._comm import Shard, local, vocab_shard
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,44 @@ def apply_mask(z: torch.Tensor, mask: object) -> torch.Tensor:
     if mask is None:
         return z
     return z.masked_fill(~check_mask(mask, z), NEG_INF)
+
+
+def batch_shape_of(x: torch.Tensor, name: str) -> torch.Size:
+    """The batch shape ``*`` of ``(*, V)`` (a ``ValueError`` for a 0-dim tensor)."""
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have a vocabulary dimension, got a 0-dim tensor")
+    return x.shape[:-1]
+
+
+@dataclass
+class LossInputs:
+    """The checked inputs of a vocabulary-parallel loss (:func:`loss_inputs`)."""
+
+    z: torch.Tensor  # this rank's logits (*, V_local), masked
+    shard: Shard | None  # None: not distributed
+    target: object
+    weight: torch.Tensor | None
+    batch_shape: torch.Size
+
+    def single_process(self, loss, reduction: str, **kwargs) -> torch.Tensor:
+        """``loss`` (a :mod:`softmaxlab.losses` function) of the whole rows, shaped as the
+        batch for ``reduction="none"``."""
+        t = self.target
+        out = loss(self.z.reshape(-1, self.z.shape[-1]),
+                   t.reshape(-1) if isinstance(t, torch.Tensor) else t,
+                   weight=self.weight, reduction=reduction, **kwargs)
+        return out.reshape(self.batch_shape) if reduction == "none" else out
+
+
+def loss_inputs(logits: object, target: object, weight: object, mask: object,
+                group: object) -> LossInputs:
+    """What every vocabulary-parallel loss starts with: ``logits`` checked, the local parts
+    of DTensor arguments, the rank's vocabulary shard, the mask applied."""
+    x = check_input(logits, "logits")
+    batch_shape = batch_shape_of(x, "logits")
+    z, shard = vocab_shard(x, "logits", group, -1, batch_shape.numel())
+    return LossInputs(apply_mask(z, mask), shard, local(target, "target"),
+                      local(weight, "weight"), batch_shape)
 
 
 def log_scores(m: Mapping, z: torch.Tensor, params: dict) -> torch.Tensor:

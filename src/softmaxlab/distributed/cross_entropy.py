@@ -31,10 +31,9 @@ import torch
 from .. import losses as L
 from .._constants import NEG_INF
 from .._registry import resolve_log_mapping
-from .._validation import check_input
 from ..losses._common import check_label_smoothing, check_reduction, reduce
-from ._comm import Comm, local, vocab_shard
-from ._targets import Targets, apply_mask, compute_dtype, log_scores, targets
+from ._comm import Comm
+from ._targets import Targets, compute_dtype, log_scores, loss_inputs, targets
 
 __all__ = ["cross_entropy"]
 
@@ -111,13 +110,6 @@ class _VocabParallelNLL(torch.autograd.Function):
         return nll_grad(g, p, excluded, ctx.tg, ctx.eps), None, None, None
 
 
-def batch_shape_of(x: torch.Tensor, name: str) -> torch.Size:
-    """The batch shape ``*`` of ``(*, V)`` (a ``ValueError`` for a 0-dim tensor)."""
-    if x.dim() == 0:
-        raise ValueError(f"{name} must have a vocabulary dimension, got a 0-dim tensor")
-    return x.shape[:-1]
-
-
 def cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -164,20 +156,11 @@ def cross_entropy(
     eps = check_label_smoothing(label_smoothing)
     params = dict(mapping_params)
     m = resolve_log_mapping(mapping, params)
-    mask = params.pop("mask", None)
-    check_input(logits, "logits")
-    target, weight = local(target, "target"), local(weight, "weight")
-    batch_shape = batch_shape_of(logits, "logits")
-    z, shard = vocab_shard(logits, "logits", group, -1, batch_shape.numel())
-    if shard is None:
-        z = apply_mask(z, mask)
-        flat = z.reshape(-1, z.shape[-1])
-        t = target.reshape(-1) if isinstance(target, torch.Tensor) else target
-        out = L.cross_entropy(flat, t, mapping=mapping, weight=weight, ignore_index=ignore_index,
-                              reduction=reduction, label_smoothing=eps, **params)
-        return out.reshape(batch_shape) if reduction == "none" else out
-    z = apply_mask(z, mask)
-    z = z.to(compute_dtype(z)).reshape(batch_shape.numel(), z.shape[-1])
-    tg = targets(target, batch_shape, shard, weight, ignore_index, z.dtype, z.device)
-    loss = _VocabParallelNLL.apply(log_scores(m, z, params), tg, eps, shard.comm)
-    return reduce(loss, tg.w_rows, batch_shape, reduction).to(logits.dtype)
+    a = loss_inputs(logits, target, weight, params.pop("mask", None), group)
+    if a.shard is None:
+        return a.single_process(L.cross_entropy, reduction, mapping=mapping,
+                                ignore_index=ignore_index, label_smoothing=eps, **params)
+    z = a.z.to(compute_dtype(a.z)).reshape(a.batch_shape.numel(), a.z.shape[-1])
+    tg = targets(a.target, a.batch_shape, a.shard, a.weight, ignore_index, z.dtype, z.device)
+    loss = _VocabParallelNLL.apply(log_scores(m, z, params), tg, eps, a.shard.comm)
+    return reduce(loss, tg.w_rows, a.batch_shape, reduction).to(logits.dtype)

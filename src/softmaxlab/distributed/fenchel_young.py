@@ -33,12 +33,10 @@ import torch
 from .. import losses as L
 from .._constants import NEG_INF
 from .._registry import get_mapping
-from .._validation import check_input
 from ..losses._common import Rows, check_label_smoothing, check_reduction, weighted_reduce
 from ..losses.fenchel_young import fenchel_young_names
-from ._comm import Comm, local, vocab_shard
-from ._targets import Targets, apply_mask, compute_dtype, targets
-from .cross_entropy import batch_shape_of
+from ._comm import Comm
+from ._targets import Targets, compute_dtype, loss_inputs, targets
 
 __all__ = ["fenchel_young_loss", "entmax_threshold"]
 
@@ -221,27 +219,18 @@ def fenchel_young_loss(
     eps = check_label_smoothing(label_smoothing)
     params = dict(mapping_params)
     alpha, n_iter = _check_params(mapping, params)
-    mask = params.pop("mask", None)
-    check_input(logits, "logits")
-    target, weight = local(target, "target"), local(weight, "weight")
-    batch_shape = batch_shape_of(logits, "logits")
-    z, shard = vocab_shard(logits, "logits", group, -1, batch_shape.numel())
-    z = apply_mask(z, mask)
-    if shard is None:
-        flat = z.reshape(-1, z.shape[-1])
-        t = target.reshape(-1) if isinstance(target, torch.Tensor) else target
-        out = L.fenchel_young_loss(flat, t, mapping=mapping, weight=weight,
-                                   ignore_index=ignore_index, reduction=reduction,
-                                   label_smoothing=eps, **params)
-        return out.reshape(batch_shape) if reduction == "none" else out
-    z = z.to(compute_dtype(z)).reshape(batch_shape.numel(), z.shape[-1])
-    tg = targets(target, batch_shape, shard, weight, ignore_index, z.dtype, z.device)
+    a = loss_inputs(logits, target, weight, params.pop("mask", None), group)
+    if a.shard is None:
+        return a.single_process(L.fenchel_young_loss, reduction, mapping=mapping,
+                                ignore_index=ignore_index, label_smoothing=eps, **params)
+    z = a.z.to(compute_dtype(a.z)).reshape(a.batch_shape.numel(), a.z.shape[-1])
+    tg = targets(a.target, a.batch_shape, a.shard, a.weight, ignore_index, z.dtype, z.device)
     with torch.no_grad():
-        p = sparse_probs(z.detach(), mapping, alpha, n_iter, shard.comm)
+        p = sparse_probs(z.detach(), mapping, alpha, n_iter, a.shard.comm)
     q = _smoothed(tg, z, eps)
-    loss = _VocabParallelFY.apply(z, p, q, alpha, shard.comm)
-    rows = Rows(z, tg.target, tg.keep, batch_shape)
-    w = None if weight is None else weight.to(device=z.device, dtype=z.dtype)
+    loss = _VocabParallelFY.apply(z, p, q, alpha, a.shard.comm)
+    rows = Rows(z, tg.target, tg.keep, a.batch_shape)
+    w = None if a.weight is None else a.weight.to(device=z.device, dtype=z.dtype)
     return weighted_reduce(loss, w, rows, reduction).to(logits.dtype)
 
 

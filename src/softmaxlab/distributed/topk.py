@@ -20,8 +20,7 @@ from .._validation import check_input
 from ..online import OnlineState
 from ..online import softmax_topk as _single_topk
 from ._comm import Comm, Shard, vocab_shard
-from ._targets import compute_dtype
-from .cross_entropy import batch_shape_of
+from ._targets import batch_shape_of, compute_dtype
 
 __all__ = ["softmax_topk"]
 
