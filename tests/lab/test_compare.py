@@ -407,13 +407,19 @@ def test_the_command_fails_when_every_run_failed(tmp_path, capsys, monkeypatch):
 # ------------------------------------------------------------------------ other tasks
 
 
-def test_language_modeling_end_to_end_on_a_tiny_corpus(tmp_path):
+def _tiny_corpus(tmp_path, lines: int = 120) -> Path:
+    """A text file of ``lines`` lines of 8 random words out of 11."""
     g = torch.Generator().manual_seed(0)
     words = "the cat sat on a mat and dog ran far away".split()
-    lines = [" ".join(words[i] for i in torch.randint(len(words), (8,), generator=g))
-             for _ in range(200)]
+    text = [" ".join(words[i] for i in torch.randint(len(words), (8,), generator=g))
+            for _ in range(lines)]
     corpus = tmp_path / "tiny.txt"
-    corpus.write_text("\n".join(lines))
+    corpus.write_text("\n".join(text))
+    return corpus
+
+
+def test_language_modeling_end_to_end_on_a_tiny_corpus(tmp_path):
+    corpus = _tiny_corpus(tmp_path, 200)
     out = compare(dataset=str(corpus), mappings="softmax,entmax15,arcface", seeds=1, epochs=2,
                   out=tmp_path / "out", progress=False)
     by_name = {r["mapping"]: r for r in runs_of(out)}
@@ -429,16 +435,6 @@ def test_language_modeling_end_to_end_on_a_tiny_corpus(tmp_path):
     # the Transformer takes the same windows
     result = run(load(corpus), "sigsoftmax", 0, RunConfig(model="transformer", epochs=2))
     assert result["status"] == "ok" and 1 < result["metrics"]["perplexity"] < 2 * vocab
-
-
-def _tiny_corpus(tmp_path) -> Path:
-    g = torch.Generator().manual_seed(0)
-    words = "the cat sat on a mat and dog ran far away".split()
-    lines = [" ".join(words[i] for i in torch.randint(len(words), (8,), generator=g))
-             for _ in range(120)]
-    corpus = tmp_path / "tiny.txt"
-    corpus.write_text("\n".join(lines))
-    return corpus
 
 
 def test_compare_attention_mappings_of_a_transformer(tmp_path):
