@@ -116,6 +116,131 @@ def test_a_patched_model_pickles_after_unpatch_and_keeps_its_state_dict():
     assert all(torch.equal(sd[k], v) for k, v in again.state_dict().items())
 
 
+# ------------------------------------------------- image classifiers (torchvision layouts)
+# torchvision itself cannot be imported here (its wheels are CUDA builds), so these are small
+# hand-built modules with the head where torchvision puts it: ResNet and GoogLeNet ``.fc``,
+# VGG and AlexNet ``.classifier[-1]`` (a Sequential), DenseNet ``.classifier``, ViT-style
+# ``.head``; GoogLeNet returns (logits, aux2, aux1) in training mode as torchvision's does.
+class _Stem(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width),
+                                      nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+
+    def pooled(self, x):
+        return torch.flatten(self.avgpool(self.features(x)), 1)
+
+
+class _ResNetLike(_Stem):
+    def __init__(self, classes=5, width=8):
+        super().__init__(width)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.fc(self.pooled(x))
+
+
+class _VGGLike(_Stem):  # AlexNet has the same layout: features, avgpool, classifier[-1]
+    def __init__(self, classes=5, width=8):
+        super().__init__(width)
+        self.classifier = nn.Sequential(nn.Linear(width, 16), nn.ReLU(), nn.Dropout(0.0),
+                                        nn.Linear(16, 16), nn.ReLU(), nn.Dropout(0.0),
+                                        nn.Linear(16, classes))
+
+    def forward(self, x):
+        return self.classifier(self.pooled(x))
+
+
+class _DenseNetLike(_Stem):
+    def __init__(self, classes=5, width=8):
+        super().__init__(width)
+        self.classifier = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.classifier(nn.functional.relu(self.pooled(x)))
+
+
+class _GoogLeNetOutputs(tuple):
+    pass
+
+
+class _GoogLeNetLike(_Stem):
+    def __init__(self, classes=5, width=8):
+        super().__init__(width)
+        self.aux1 = nn.Sequential(nn.Flatten(), nn.Linear(width * 36, classes))  # 12x12 images
+        self.aux2 = nn.Sequential(nn.Flatten(), nn.Linear(width * 36, classes))
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        h = self.features(x)
+        logits = self.fc(torch.flatten(self.avgpool(h), 1))
+        if self.training:
+            return _GoogLeNetOutputs((logits, self.aux2(h), self.aux1(h)))
+        return logits
+
+
+class _HeadLike(_Stem):
+    def __init__(self, classes=5, width=8):
+        super().__init__(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.head(self.pooled(x))
+
+
+VISION = {"resnet (.fc)": _ResNetLike, "vgg/alexnet (.classifier[-1])": _VGGLike,
+          "densenet (.classifier)": _DenseNetLike, "googlenet (.fc, aux outputs)": _GoogLeNetLike,
+          "vit-style (.head)": _HeadLike}
+
+
+def _vision(layout):
+    torch.manual_seed(0)
+    net = VISION[layout]().double()
+    return net, torch.randn(12, 3, 12, 12, dtype=F64), torch.arange(12) % 5
+
+
+def _main_logits(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("layout", VISION)
+@pytest.mark.parametrize("mapping", MAPPINGS)
+def test_an_image_classifier_gets_probs_predict_and_loss(layout, mapping):
+    net, x, y = _vision(layout)
+    net.eval()
+    logits = net(x)
+    sl.patch(net, output=mapping, loss=mapping)
+    m = sl.get_mapping(mapping)
+    assert_close(net.probs(x), m.fn(logits, -1), PATCHED_MODEL[F64])
+    assert torch.equal(net.predict(x), m.fn(logits, -1).argmax(-1))
+    expected = L.natural_loss(mapping)(logits, y)
+    assert_close(net.loss(x, target=y), expected, PATCHED_MODEL[F64])
+    sl.unpatch(net)
+    assert not hasattr(net, "probs") and not hasattr(net, "loss")
+    assert torch.equal(net(x), logits)
+    net.train()  # GoogLeNet's training output (logits, aux2, aux1): the main logits' loss
+    with sl.patched(net, loss=mapping):
+        got = net.loss(x, target=y)
+    assert_close(got, L.natural_loss(mapping)(_main_logits(net(x)), y), PATCHED_MODEL[F64])
+
+
+@pytest.mark.parametrize("layout", VISION)
+@pytest.mark.parametrize("mapping", MAPPINGS)
+def test_training_a_patched_image_classifier_lowers_its_loss(layout, mapping):
+    net, x, y = _vision(layout)
+    net.train()
+    sl.patch(net, loss=mapping)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    first = float(net.loss(x, target=y))
+    for _ in range(15):
+        opt.zero_grad()
+        net.loss(x, target=y).backward()
+        opt.step()
+    assert float(net.loss(x, target=y)) < first
+
+
 # -------------------------------------------------------------- Hugging Face models
 transformers = pytest.importorskip(
     "transformers", reason="pip install 'softmaxlab[transformers]' for the HF tests")

@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import sys
@@ -221,7 +222,7 @@ def unpatch(model: nn.Module) -> nn.Module:
                     delattr(model.config, name)
             else:
                 setattr(model.config, name, value)
-        model.set_attn_implementation(impl)
+        model.set_attn_implementation(impl)  # type: ignore[operator]
     delattr(model, _STATE)
     return model
 
@@ -344,7 +345,7 @@ def _fused_forward(fused: dict, return_logits: bool, model, original, *args,
     logits = head(hidden) if return_logits else None
     cls = _output_class(model)
     fields = {"loss": loss, "logits": logits}
-    for name in cls.__dataclass_fields__:
+    for name in (f.name for f in dataclasses.fields(cls)):
         if name not in fields and name in base:
             fields[name] = base[name]
     out = cls(**fields)
@@ -374,6 +375,7 @@ def _classification_forward(loss_fn, model, original, *args,
     if not single:
         return original(*args, labels=labels, **kwargs)
     out = original(*args, **kwargs)
+    assert labels is not None  # single-label classification has labels
     loss = loss_fn(out.logits.reshape(-1, model.config.num_labels), labels.reshape(-1))
     fields = {"loss": loss, **{k: v for k, v in out.items() if k != "loss"}}
     return type(out)(**fields)

@@ -69,8 +69,8 @@ def test_quick_cli_run_writes_json_with_every_documented_field(tmp_path, capsys,
 
 @pytest.mark.parametrize("args, words", [
     (["--suite", "nope"], ["unknown suite 'nope'", "valid suites: softmax, topk, linear_ce, "
-                                                   "sparse, elementwise, attention, overhead, gpu, "
-                                                   "all"]),
+                                                   "sparse, elementwise, attention, overhead, "
+                                                   "patch, gpu, all"]),
     (["--suite", "softmax,bad"], ["unknown suite 'bad'"]),
     (["--backend", "cuda"], ["unknown backend 'cuda'", "valid backends: reference, cpu, "
                                                       "triton, auto"]),

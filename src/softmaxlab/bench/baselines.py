@@ -199,14 +199,55 @@ def attention_impls(mapping: str) -> tuple[Impl, ...]:
     return tuple(impls)
 
 
+LOGITS_CROSS_ENTROPY = Impl("F.cross_entropy", lambda: lambda h, w, t: F.cross_entropy(h @ w.T, t),
+                            note="F.cross_entropy(h @ W.T, t): the full N x V logits")
+
+
+def _torch_linear_ce(**options):
+    """torch's own ``F.linear_cross_entropy`` (PyTorch >= 2.13): the reference path
+    without ``options``, the chunked one with ``nn.LinearCrossEntropyOptions(**options)``."""
+
+    def load():
+        if not hasattr(F, "linear_cross_entropy"):
+            raise ImplUnavailable(f"torch {torch.__version__} has no "
+                                  "F.linear_cross_entropy (PyTorch >= 2.13)")
+        if not options:
+            return F.linear_cross_entropy
+        opts = torch.nn.LinearCrossEntropyOptions(**options)
+        return lambda h, w, t: F.linear_cross_entropy(h, w, t, options=opts)
+
+    return load
+
+
+#: Rows per chunk of the fixed-chunk torch baseline.
+TORCH_LINEAR_CE_CHUNK = 256
+
+
+def torch_linear_impls() -> tuple[Impl, ...]:
+    """``F.linear_cross_entropy`` of torch >= 2.13: the reference path (full logits), the
+    chunked path with the default ``LinearCrossEntropyOptions()`` (the chunk size from its
+    'auto' aspect-ratio rule) and with a fixed chunk of :data:`TORCH_LINEAR_CE_CHUNK` rows."""
+    n = TORCH_LINEAR_CE_CHUNK
+    return (
+        Impl("F.linear_cross_entropy", _torch_linear_ce(),
+             note="torch's F.linear_cross_entropy, options=None: the reference path"),
+        Impl("F.linear_cross_entropy chunked", _torch_linear_ce(chunking_method="auto"),
+             note="options=nn.LinearCrossEntropyOptions(): the default chunked path"),
+        Impl(f"F.linear_cross_entropy chunk={n}",
+             _torch_linear_ce(chunking_method=None, batch_chunk_size=n),
+             note=f"options=nn.LinearCrossEntropyOptions(batch_chunk_size={n}, "
+                  "chunking_method=None)"),
+    )
+
+
 def linear_impls(gpu: bool = False) -> tuple[Impl, ...]:
     impls = [
         Impl("softmaxlab", linear_candidate, role="candidate"),
-        Impl("F.cross_entropy", lambda: lambda h, w, t: F.cross_entropy(h @ w.T, t),
-             note="F.cross_entropy(h @ W.T, t): the full N x V logits"),
+        LOGITS_CROSS_ENTROPY,
         Impl("naive", lambda: naive_linear_ce, note="float32 logits, naive log_softmax, gather"),
         Impl("3 GEMMs", lambda: _gemm_bound, manual=True,
              note="bound: h @ W.T, g @ W, g.T @ h alone"),
+        *torch_linear_impls(),
     ]
     if gpu:
         impls += [Impl("liger", liger_flce(), package="liger_kernel", dist="liger-kernel",
@@ -217,3 +258,30 @@ def linear_impls(gpu: bool = False) -> tuple[Impl, ...]:
                   Impl("cce exact", _cce(True), package="cut_cross_entropy",
                        dist="cut-cross-entropy", note="filter_eps=None: exact gradients")]
     return tuple(impls)
+
+
+def _patched_step(patch: dict):
+    def load():
+        from ..patch import patched
+
+        def step(model, ids):
+            if not patch:
+                return model(ids, labels=ids).loss
+            with patched(model, **patch):
+                return model(ids, labels=ids).loss
+
+        return step
+
+    return load
+
+
+def patch_impls(**patch) -> tuple[Impl, ...]:
+    """A causal LM's training loss ``fn(model, ids)`` (labels = ids) with
+    ``softmaxlab.patch(model, **patch)`` in force for the call (patch and unpatch run inside
+    the timed region: a few attribute writes, microseconds), against the unpatched model."""
+    what = ", ".join(f"{k}={v!r}" for k, v in patch.items())
+    return (Impl("softmaxlab", _patched_step(patch), role="candidate", package="transformers",
+                 dist="transformers", note=f"softmaxlab.patch(model, {what})"),
+            Impl("unpatched", _patched_step({}), package="transformers", dist="transformers",
+                 note="the model's own forward and loss: (B L, V) logits, transformers' "
+                      "ForCausalLMLoss, torch SDPA attention"))

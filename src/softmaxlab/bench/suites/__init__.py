@@ -5,7 +5,7 @@ softmaxlab API, through whatever fast path the library dispatches to; mapping fu
 from the registry, :func:`softmaxlab.get_mapping`), its baselines (torch, the naive formula,
 peer packages where they exist), the bytes and FLOPs its op must move and compute per mode
 (documented in ``io``), and its targets (goals for the candidate). The suites are described
-in :mod:`.cpu` and :mod:`.gpu`.
+in :mod:`.cpu`, :mod:`.patch` and :mod:`.gpu`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .cpu import (
     topk_suite,
 )
 from .gpu import gpu_suite
+from .patch import patch_suite
 
 _BUILDERS: dict[str, Callable[[bool], list[Case]]] = {
     "softmax": softmax_suite,
@@ -35,6 +36,7 @@ _BUILDERS: dict[str, Callable[[bool], list[Case]]] = {
     "elementwise": elementwise_suite,
     "attention": attention_suite,
     "overhead": overhead_suite,
+    "patch": patch_suite,
     "gpu": gpu_suite,
 }
 #: Every suite, in the order ``all`` runs them.
