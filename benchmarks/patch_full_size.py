@@ -11,6 +11,7 @@ import transformers
 
 from softmaxlab.bench.baselines import patch_impls
 from softmaxlab.bench.memory import TensorPeak
+
 torch.manual_seed(0)
 B, N, D, LAYERS, V = 8, 512, 256, 4, 50257
 cfg = transformers.GPT2Config(n_embd=D, n_layer=LAYERS, n_head=4, vocab_size=V, n_positions=N,
@@ -32,7 +33,9 @@ for name, fn in impls.items():
     del g
 for _ in range(3):  # interleaved
     for name, fn in impls.items():
-        t0 = time.perf_counter(); step(fn); out[name]["times"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        step(fn)
+        out[name]["times"].append(time.perf_counter() - t0)
 for v in out.values():
     v["median_s"] = statistics.median(v["times"])
 out["ratio"] = {"memory": out["softmaxlab"]["peak_mib"] / out["unpatched"]["peak_mib"],
