@@ -187,6 +187,44 @@ def test_graph_tv_runs_on_a_corpus_the_test_makes(tmp_path, monkeypatch):
     out = rp.reproduce(e.name, scale="smoke", out=tmp_path / "o", progress=False)
     (check,) = json.loads((out / "verdicts.json").read_text())["checks"]
     assert check["n"] == 2 and check["verdict"] != "not run"
+    from softmaxlab.lab.experiments.graph_tv import TV, chosen_weight
+
+    records = results.read(out / e.name)
+    weights = e.setup("smoke")["weights"]
+    tuning = [r for r in records if "(tuning)" in r["mapping"]]
+    assert len(tuning) == len(weights) and {r["seed"] for r in tuning} == {0}
+    best = chosen_weight(records, weights)
+    final = [r for r in records if r["mapping"] in (TV, "softmax")]
+    assert sorted((r["mapping"], r["seed"]) for r in final) == [
+        ("softmax", 0), ("softmax", 1), (TV, 0), (TV, 1)]
+    assert all(r["metrics"]["weight"] == best for r in final)
+    # seed 0 of the chosen weight is its tuning run, scored on the test split as well
+    (tuned,) = [r for r in tuning if r["mapping"] == f"graph TV weight={best:g} (tuning)"]
+    (tv0,) = [r for r in final if r["mapping"] == TV and r["seed"] == 0]
+    assert tv0["metrics"]["perplexity"] == tuned["metrics"]["perplexity"]
+    assert tuned["metrics"]["val_perplexity"] != tuned["metrics"]["perplexity"]
+
+
+def test_graph_tv_chooses_the_weight_by_validation_perplexity():
+    from softmaxlab.lab.experiments.graph_tv import chosen_weight
+
+    def tuning(w, val, test):
+        return {"kind": "run", "status": "ok", "seed": 0,
+                "mapping": f"graph TV weight={w:g} (tuning)",
+                "metrics": {"val_perplexity": val, "perplexity": test}}
+
+    records = [tuning(0.01, 120.0, 90.0), tuning(0.001, 110.0, 130.0)]
+    assert chosen_weight(records, (0.001, 0.01)) == 0.001  # not the better test number
+    assert chosen_weight(records[:1], (0.001, 0.01)) is None  # until every weight has run
+
+
+def test_online_normalizer_is_judged_against_torchs_safe_softmax(tmp_path):
+    out = rp.reproduce("online-normalizer", scale="smoke", out=tmp_path / "o", progress=False)
+    checks = json.loads((out / "verdicts.json").read_text())["checks"]
+    assert [c["check"].split(" < ")[1] for c in checks] == [
+        "torch.softmax on time_ms", "safe softmax (3 passes) on time_ms"]
+    assert all(c["n"] == 3 and c["ours"].endswith("x)") for c in checks)
+    assert "1.3x" in checks[0]["paper"]
 
 
 def test_graph_tv_links_each_word_to_its_strongest_successors():

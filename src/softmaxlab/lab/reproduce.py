@@ -12,7 +12,6 @@ side; ``OUT/verdicts.json`` holds the same for machines.
 from __future__ import annotations
 
 import argparse
-import base64
 import html
 import json
 import math
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from . import evidence, outputs, results
 from .experiments import SCALES, Experiment, experiments, get
+from .report import _html_table, _img, _md_table
 
 __all__ = ["CheckResult", "register", "reproduce", "verdicts"]
 
@@ -223,15 +223,11 @@ def _write_report(out: Path, scale: str, found) -> None:
               for v in ("confirmed", "refuted", "inconclusive", "not run")}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     md = [f"# softmaxlab reproduce (scale {scale})", "", f"Checks: {summary}.", "",
-          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-    md += ["", "## Experiments", ""]
+          *_md_table(header, [[c.replace("|", "/") for c in row] for row in rows]),
+          "", "## Experiments", ""]
     page = [f"<h1>softmaxlab reproduce (scale {html.escape(scale)})</h1>",
-            f"<p>Checks: {html.escape(summary)}.</p>", "<table border=1 cellpadding=4>",
-            "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
-    page += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-             for row in rows]
-    page += ["</table>", "<h2>Experiments</h2>"]
+            f"<p>Checks: {html.escape(summary)}.</p>", _html_table(header, rows, "checks"),
+            "<h2>Experiments</h2>"]
     for e, rs in found:
         diff = e.differences(scale)
         md += [f"### {e.name}", "", f"*{e.paper}*: {e.claim}.", "",
@@ -244,11 +240,12 @@ def _write_report(out: Path, scale: str, found) -> None:
             page.append(f"<p>Not run: {html.escape(rs[0].reason)}</p>")
         if e.name in images:
             md += [f"![{e.name}](plots/{e.name}.png)", ""]
-            data = base64.b64encode(images[e.name]).decode()
-            page.append(f'<img alt="{html.escape(e.name)}" src="data:image/png;base64,{data}">')
+            page.append(_img(e.name, images[e.name]))
     files = {"report.md": "\n".join(md).encode(),
              "report.html": ("<!doctype html><meta charset=utf-8><title>softmaxlab "
-                             "reproduce</title>" + "\n".join(page)).encode(),
+                             "reproduce</title><style>table.checks{border-collapse:collapse}"
+                             ".checks td,.checks th{border:1px solid #999;padding:4px}"
+                             "</style>" + "\n".join(page)).encode(),
              "verdicts.json": json.dumps({"scale": scale, "checks": [
                  asdict(r) for _, rs in found for r in rs]}, indent=1).encode()}
     files.update({f"plots/{name}.png": png for name, png in images.items()})

@@ -95,15 +95,21 @@ register(Experiment(
     paper="Milakov & Gimelshein 2018 (arXiv 1805.02867)",
     claim="softmax that reads the input fewer times (online normalizer: 3 accesses per "
           "entry instead of safe softmax's 4) is up to 1.3x faster",
-    checks=(Check("softmaxlab.softmax", "safe softmax (3 passes)", "time_ms", higher=False,
-                  paper="up to 1.3x faster"),),
+    # the paper's baseline is safe softmax as a kernel: torch's CPU softmax is one (a max
+    # pass, an exp-and-sum pass, a normalizing pass); the same formula in unfused torch ops
+    # is shown beside it, not as the claim's baseline (it also pays for its temporaries)
+    checks=(Check("softmaxlab.softmax", "torch.softmax", "time_ms", higher=False,
+                  paper="up to 1.3x faster than safe softmax"),
+            Check("softmaxlab.softmax", "safe softmax (3 passes)", "time_ms", higher=False,
+                  paper="(not in the paper: safe softmax in unfused ops)")),
     setup=_setup(_SOFTMAX, "softmax"),
     differences=lambda scale: (
         f"CPU (this machine's {torch.get_num_threads()} threads), float32 "
         f"{_SOFTMAX[scale][0][0]}x{_SOFTMAX[scale][0][1]}; ours is one numba kernel that "
-        "reads each row from memory once and keeps it in cache between its passes; the "
-        "baseline is safe softmax in unfused torch ops (max, exp, sum, divide); the paper "
-        "compared CUDA kernels on a V100"),
+        "reads each row from memory once and keeps it in cache between its passes (not the "
+        "paper's one-pass online normalizer); the baseline is torch.softmax, torch's "
+        "safe-softmax kernel, and beside it safe softmax in unfused torch ops (max, exp, "
+        "sum, divide); the paper compared CUDA kernels on a V100"),
     kind="speed",
     tags=("speed",),
 ))
