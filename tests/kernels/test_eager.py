@@ -278,3 +278,22 @@ def test_composite_calls_with_a_graph_take_the_reference(name):
     assert out.requires_grad
     out.masked_fill(~torch.isfinite(out), 0).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_softplus_shortcut_across_its_branches(log):
+    """The branch-free log-softplus (log1p from log, ``z - e^z / 2`` below -20) against the
+    float64 reference, on logits that cross every branch point (-20, 0, 20) and underflow."""
+    x = torch.linspace(-60, 60, 97).reshape(1, 97)
+    x = torch.cat([x, x[:, :40] - 30.0, x[:, 30:60]], -1)  # rows mixing tiny and large scores
+    fast = composite.activation_output(x, "softplus", log)
+    assert fast is not None
+    fn = sl.log_activation_normalize if log else sl.activation_normalize
+    with kernels.use("reference"):
+        ref64 = fn(x.double())
+    tol = ORACLE[torch.float32]
+    torch.testing.assert_close(fast.double(), ref64, rtol=tol.rtol, atol=tol.atol)
+    z = torch.tensor([[-25.0, -20.5, -19.5, -5.0]])  # one row of small scores: relative error
+    p = composite.activation_output(z, "softplus", False).double()
+    with kernels.use("reference"):
+        torch.testing.assert_close(p, sl.activation_normalize(z.double()), rtol=tol.rtol, atol=0)

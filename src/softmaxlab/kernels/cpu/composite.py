@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from ._jit import F32, NEG_INF, inline, one_claim, row_kernel, rows_at, small_call
+from ._jit import F32, NEG_INF, exp_neg32, inline, log32, one_claim, row_kernel, rows_at, small_call
 from .expnorm import _forward as _expnorm_rows
 
 #: Largest k the selection by repeated maxima serves (O(n k) per row).
@@ -108,15 +108,23 @@ def _normalize_at(px, po, size, n):
 @inline
 def _log_activation(z, code):
     """``log a(z)`` of a finite ``z`` (the Gaussian's unshifted: ``-z^2``)."""
-    if code == 0:  # log softplus; below -20: z - e^z / 2
-        if z < F32(-20.0):
-            return z - np.exp(z) / F32(2.0)
-        return np.log(z if z > F32(20.0) else np.log1p(np.exp(z)))
     if code == 1:  # arctan z + pi/2, as arctan(-1/z) below 0
         return np.log(np.arctan(F32(-1.0) / z) if z < F32(0.0) else np.arctan(z) + HALF_PI)
     if code == 2:
         return -z * z
     return np.log(max(z, F32(0.0)) + F32(1e-6))
+
+
+@inline
+def _log_softplus(z):
+    """``log softplus(z)`` of any float32 ``z`` without branches (vectorizes):
+    ``log(max(z, 0) + log1p(e^-|z|))``, ``log1p(u) = log(w) u / (w - 1)`` with ``w = 1 + u``
+    (exact where ``w`` rounds to 1), and ``z - e^z / 2`` below -20; ``-inf`` gives ``-inf``."""
+    u = exp_neg32(-abs(z))
+    w = F32(1.0) + u
+    l1p = u if w == F32(1.0) else log32(w) * (u / (w - F32(1.0)))
+    low = z - exp_neg32(min(z, F32(0.0))) * F32(0.5)
+    return low if z < F32(-20.0) else log32(max(z, F32(0.0)) + l1p)
 
 
 @row_kernel
@@ -131,6 +139,10 @@ def _activation_at(px, po, size, n, code, log):
                 if r[j] != NEG_INF:
                     amin = min(amin, abs(r[j]))
             amin = amin if amin < POS_INF else F32(0.0)
+        if code == 0:
+            for j in range(n):
+                li[j] = _log_softplus(r[j])
+            continue
         for j in range(n):
             v = r[j]
             if v == NEG_INF or np.isnan(v):
