@@ -4,10 +4,11 @@ against the naive float64 oracle (``tests/oracle/attention.py``): values, the gr
 k, v (and of a float mask), the statistics, on tiny odd shapes that cross the kernels' tile
 boundaries (16 rows / keys under the interpreter): bool and float masks, causal (also with
 more queries than keys), GQA with a per-head mask, key padding, a fully masked query (zeros,
-zero gradient, never NaN), different key and value widths. Each test checks that the kernel
-ran (:data:`softmaxlab.kernels.triton._launch.PATHS`), and the options it does not implement
-fall back: dropout and softmax1's sink to the reference, the other mappings too, softmax
-without statistics to torch's SDPA.
+zero gradient, never NaN), different key and value widths; dropout equal to the oracle with
+the CPU kernels' counter-hash keep mask. Each test checks that the kernel ran
+(:data:`softmaxlab.kernels.triton._launch.PATHS`), and the options it does not implement
+fall back: softmax1's sink and the other mappings to the reference, softmax without
+statistics to torch's SDPA.
 
 Under the interpreter (CPU tensors, ``TRITON_INTERPRET=1``, set by conftest.py) or natively
 on CUDA (the ``device`` fixture). float64 is compared with tolerance ``ATTENTION[F64]``
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 import softmaxlab.attention as sa
 from softmaxlab import kernels
+from softmaxlab.kernels.cpu import attention as cpu_attention
 from softmaxlab.kernels.triton import _attention, _launch
 
 from ..._helpers import assert_close, gen
@@ -106,14 +108,14 @@ def _scores(q, k, v, kw):
     return s
 
 
-def _run(q, k, v, kw, name, params):
+def _run(q, k, v, kw, name, params, **extra):
     """Value, statistics and gradients through the Triton kernel (checked to run)."""
     before = dict(_launch.PATHS)
     with kernels.use("triton"):
         assert kernels.kernel_name("attention", q.detach(), sdpa=False, mapping=name) == \
             "triton.attention"
         out, st = sa.scaled_dot_product_attention(q, k, v, **kw, mapping=name,
-                                                  return_stats=True, **params)
+                                                  return_stats=True, **params, **extra)
         w = torch.randn(out.shape, generator=gen("w", out.shape), dtype=F64).to(out)
         inputs = [q, k, v] + ([kw["attn_mask"]] if kw.get("attn_mask") is not None
                               and kw["attn_mask"].requires_grad else [])
@@ -206,6 +208,28 @@ def test_support_iteration_alone_is_exact(device, name, monkeypatch):
     assert torch.equal(st.support, (p > 0).sum(-1).to(F64))
 
 
+@pytest.mark.parametrize("name", MAPPINGS)
+def test_dropout_is_the_counter_hash_mask(device, name):
+    """Dropout equals the oracle with the keep mask of ``dropout_keep(seed, flat index)`` (the
+    CPU kernels' mask for the same seed), in value and gradient; statistics before dropout."""
+    q, k, v, kw = make("gqa", F64, device, gen("triton-attention-dropout", name))
+    p = 0.3
+    torch.manual_seed(11)
+    seed = torch.randint(0, 1 << 62, (), dtype=torch.int64, device=device)
+    B, Hq, L, S = 2, 4, 9, 18
+    keep = cpu_attention.dropout_keep(seed, torch.arange(B * Hq * L * S, device=device)
+                                      .view(B, Hq, L, S), p)
+    torch.manual_seed(11)
+    out, st, grads, w = _run(q, k, v, kw, name, {}, dropout_p=p)
+    leaves, okw = _oracle_inputs(q, k, v, kw)
+    exp, probs = oracle.attention(*leaves, **okw, mapping=name, keep=keep, dropout_p=p)
+    want = torch.autograd.grad((exp * w.double()).sum(), leaves)
+    assert_close(out, exp, ATTENTION[F64], f"{name} dropout value")
+    for a, e, n in zip(grads, want, "qkv", strict=True):
+        assert_close(a, e, ATTENTION[F64], f"{name} dropout d{n}")
+    assert torch.equal(st.support, (probs > 0).sum(-1).to(F64))
+
+
 def test_half_inputs_compute_in_float32(device):
     q, k, v, kw = make("causal", F32, device, gen("triton-attention-half"))
     qh, kh, vh = (t.detach().half() for t in (q, k, v))
@@ -218,27 +242,24 @@ def test_half_inputs_compute_in_float32(device):
 
 
 def test_unsupported_options_fall_back(device):
-    """Dropout, softmax1's sink and the other mappings take the reference; softmax without
-    statistics torch's SDPA (equal to it)."""
+    """softmax1's sink and the other mappings take the reference; softmax without statistics
+    torch's SDPA (equal to it)."""
     q, k, v, kw = make("bool-mask", F32, device, gen("triton-attention-fallback"))
     qd = q.detach()
     with kernels.use("triton"):
         name = kernels.kernel_name
-        assert name("attention", qd, sdpa=False, mapping="entmax15", dropout=True) == "reference"
+        assert name("attention", qd, sdpa=False, mapping="entmax15", dropout=True) == \
+            "triton.attention"
         assert name("attention", qd, sdpa=False, mapping="softmax1", sink=True) == "reference"
         for other in ("taylor_softmax", "entmax", "sparse_softmax", "normalize"):
             assert name("attention", qd, sdpa=False, mapping=other) == "reference"
         assert name("attention", qd, sdpa=True, mapping="softmax") == "triton.attention_sdpa"
         before = sum(n for key, n in _launch.PATHS.items() if key.startswith("attention."))
-        torch.manual_seed(0)
-        dropped = sa.scaled_dot_product_attention(q, k, v, **kw, mapping="sparsemax",
-                                                  dropout_p=0.3)
         sink = sa.scaled_dot_product_attention(q, k, v, **kw, mapping="softmax1", sink=0.5)
         taylor = sa.scaled_dot_product_attention(q, k, v, **kw, mapping="taylor_softmax")
         plain = sa.scaled_dot_product_attention(q, k, v, **kw)
         assert sum(n for key, n in _launch.PATHS.items() if key.startswith("attention.")) == \
             before, "an unsupported call ran the Triton kernel"
-    assert not dropped.isnan().any()
     for got, mapping, extra in ((sink, "softmax1", {"sink": 0.5}), (taylor, "taylor_softmax", {})):
         exp, _p = oracle.attention(*(t.detach().double() for t in (q, k, v)), **kw,
                                    mapping=mapping, **extra)

@@ -16,7 +16,7 @@ exp-normalizing mapping)
                                                       and backward for softmax (temperature),
                                                       sparsemax, entmax15, sigmoid; bool/float
                                                       masks (and the float mask's gradient),
-                                                      causal, GQA; no dropout or sink (those
+                                                      causal, GQA, dropout; no sink (softmax1
                                                       and the other mappings: the reference)
 ========================  ==========================  ====================================
 
@@ -51,8 +51,7 @@ register(KernelSpec("attention", "triton", "triton.attention_sdpa", "softmaxlab.
                     FLOATING, None, lambda f: f["sdpa"]))
 register(KernelSpec("attention", "triton", "triton.attention", f"{__name__}._attention",
                     (torch.float32, torch.float64), "triton", lambda f: (
-                        f.get("mapping") in ATTENTION_MAPPINGS and not f.get("dropout", False)
-                        and not f.get("sink", False))))
+                        f.get("mapping") in ATTENTION_MAPPINGS and not f.get("sink", False))))
 _triton("linear_cross_entropy", "_linear_ce", applies=lambda f: (
     f["mapping"] == "softmax" and set(f["params"]) <= {"temperature"}
     and not isinstance(f["params"].get("temperature"), torch.Tensor) and len(f["dtypes"]) == 1))

@@ -38,9 +38,15 @@ block by two kernels: one per key block accumulating ``dk = scale ds^T q`` and
 (and writing ``ds``, the float mask's gradient, into a dense buffer when it is asked for:
 that gradient is ``(L, S)`` by nature). Deterministic: no atomics.
 
+Dropout (after normalization) multiplies ``p`` in ``p @ v`` and ``dp`` by ``keep / (1 -
+p_drop)``, the keep mask of the CPU kernels' counter hash
+(:func:`softmaxlab.kernels.cpu.attention.dropout_keep` of the seed and the flat score
+index), recomputed wherever it is needed: the same mask as ``cpu.attention`` for the same
+seed, never stored. The statistics are those of ``p`` before dropout.
+
 Float32 (the front end computes float16/bfloat16 in float32) and float64, each in its own
 dtype (``tl.dot`` in IEEE precision, no TF32). Not here (the registry's ``applies`` keeps
-them on the reference): dropout, softmax1's sink, the other mappings.
+them on the reference): softmax1's sink, the other mappings.
 """
 
 from __future__ import annotations
@@ -69,6 +75,29 @@ def blocks() -> tuple[int, int]:
     if os.environ.get("TRITON_INTERPRET") == "1":
         return 16, 16
     return 64, 64
+
+
+@triton.jit
+def _srl(x, k: tl.constexpr):
+    """Logical right shift of int64 by ``k``."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+@triton.jit
+def _dropped(p, Seed, bh, rows, cols, R, S, thresh, inv_keep, DROPOUT: tl.constexpr):
+    """``p`` with dropout applied (``keep / (1 - p_drop)``): the keep mask of
+    :func:`softmaxlab.kernels.cpu.attention.dropout_keep` (splitmix64 of the flat score index
+    ``(bh R + row) S + key`` plus ``seed * golden``, 24 bits against ``thresh``), so forward
+    and backward, and the CPU kernel, draw the same mask without storing it."""
+    if DROPOUT:
+        z = ((bh * R + rows[:, None].to(tl.int64)) * S + cols[None, :].to(tl.int64)
+             + tl.load(Seed).to(tl.int64) * -7046029254386353131)
+        z = (z ^ _srl(z, 30)) * -4658895280553007687
+        z = (z ^ _srl(z, 27)) * -7723592293110705685
+        z = z ^ _srl(z, 31)
+        return tl.where(_srl(z, 40) >= thresh, p * inv_keep, 0.0)
+    else:
+        return p
 
 
 @triton.jit
@@ -238,13 +267,14 @@ def _load_rows(P, rows, ok, n, offs, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _fwd(Q, K, V, Mask, Out, Stats, Hk, R, L, S, E, EV, scale, coef, msb, msh, msg, msl, mss,
-         MAP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
+def _fwd(Q, K, V, Mask, Out, Stats, Seed, Hk, R, L, S, E, EV, scale, coef, msb, msh, msg, msl,
+         mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
+         HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
          CAUSAL: tl.constexpr, WANT_STATS: tl.constexpr, N_BISECT: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
          BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, F64: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)  # axis 0: up to 2^31 - 1 programs
+    pid_m = tl.program_id(1)
     rows, row_ok, rows_l, rows_g, Mask_bh, n_end = _tile(pid_m, pid_bh, Hk, R, L, S, msb, msh,
                                                          Mask, BLOCK_M, CAUSAL)
     bh = pid_bh.to(tl.int64)
@@ -269,7 +299,8 @@ def _fwd(Q, K, V, Mask, Out, Stats, Hk, R, L, S, E, EV, scale, coef, msb, msh, m
             alpha = tl.exp(m_i - m_safe)
             l_i = l_i * alpha + tl.sum(p, 1)
             v = _load_rows(V_bh, cols, cols < S, EV, offs_ev, BLOCK_EV)
-            acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, F64)
+            pd = _dropped(p, Seed, bh, rows, cols, R, S, thresh, inv_keep, DROPOUT)
+            acc = acc * alpha[:, None] + _mm(pd.to(v.dtype), v, F64)
             m_i = m_new
         empty = l_i == 0
         m_row = tl.where(empty, 0.0, m_i)
@@ -291,7 +322,8 @@ def _fwd(Q, K, V, Mask, Out, Stats, Hk, R, L, S, E, EV, scale, coef, msb, msh, m
             p = tl.sigmoid(s + coef)
             cnt += tl.sum((p > 0).to(tl.int32), 1)
             v = _load_rows(V_bh, cols, cols < S, EV, offs_ev, BLOCK_EV)
-            acc += _mm(p.to(v.dtype), v, F64)
+            pd = _dropped(p, Seed, bh, rows, cols, R, S, thresh, inv_keep, DROPOUT)
+            acc += _mm(pd.to(v.dtype), v, F64)
         first = tl.full((BLOCK_M,), float("nan"), q.dtype)
     else:
         m, tau = _threshold(q, K_bh, n_end, rows_l, rows_g, row_ok, S, E, scale, coef, Mask_bh,
@@ -306,7 +338,8 @@ def _fwd(Q, K, V, Mask, Out, Stats, Hk, R, L, S, E, EV, scale, coef, msb, msh, m
             cnt += nz
             if tl.sum(nz, 0) > 0:  # a key block with no support in the tile: no product
                 v = _load_rows(V_bh, cols, cols < S, EV, offs_ev, BLOCK_EV)
-                acc += _mm(p.to(v.dtype), v, F64)
+                pd = _dropped(p, Seed, bh, rows, cols, R, S, thresh, inv_keep, DROPOUT)
+                acc += _mm(pd.to(v.dtype), v, F64)
         first = tl.where(cnt == 0, float("inf"), m + tau)
     out_rows = bh * R + rows
     tl.store(Out + out_rows[:, None] * EV + offs_ev[None, :], acc.to(Out.dtype.element_ty),
@@ -317,14 +350,15 @@ def _fwd(Q, K, V, Mask, Out, Stats, Hk, R, L, S, E, EV, scale, coef, msb, msh, m
 
 
 @triton.jit
-def _bwd_pre(Q, K, V, Mask, DO, Shift, Hk, R, L, S, E, EV, scale, coef, msb, msh, msg, msl,
-             mss, MAP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
+def _bwd_pre(Q, K, V, Mask, DO, Shift, Seed, Hk, R, L, S, E, EV, scale, coef, msb, msh, msg,
+             msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
+             HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
              CAUSAL: tl.constexpr, N_BISECT: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
              BLOCK_EV: tl.constexpr, F64: tl.constexpr):
     """Per row ``Shift[row] = (m, z, Delta)``: ``z`` the log-sum (softmax) or ``tau``."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)  # axis 0: up to 2^31 - 1 programs
+    pid_m = tl.program_id(1)
     rows, row_ok, rows_l, rows_g, Mask_bh, n_end = _tile(pid_m, pid_bh, Hk, R, L, S, msb, msh,
                                                          Mask, BLOCK_M, CAUSAL)
     bh = pid_bh.to(tl.int64)
@@ -351,7 +385,8 @@ def _bwd_pre(Q, K, V, Mask, DO, Shift, Hk, R, L, S, E, EV, scale, coef, msb, msh
         _p, w = _probs(s, m, z, coef, MAP)
         if tl.max(tl.max(w, 1), 0) > 0:
             v = _load_rows(V_bh, cols, cols < S, EV, offs_ev, BLOCK_EV)
-            dp = _mm(do, tl.trans(v), F64)
+            dp = _dropped(_mm(do, tl.trans(v), F64), Seed, bh, rows, cols, R, S, thresh,
+                          inv_keep, DROPOUT)
             swdp += tl.sum(w * dp, 1)
             sw += tl.sum(w, 1)
     if MAP == 0:
@@ -378,14 +413,15 @@ def _grad_scores(s, m, z, delta, dp, coef, MAP: tl.constexpr):
 
 
 @triton.jit
-def _bwd_dkdv(Q, K, V, Mask, DO, Shift, DK, DV, Hk, R, L, S, E, EV, scale, coef, msb, msh,
-              msg, msl, mss, MAP: tl.constexpr, HAS_MASK: tl.constexpr,
+def _bwd_dkdv(Q, K, V, Mask, DO, Shift, DK, DV, Seed, Hk, R, L, S, E, EV, scale, coef, msb,
+              msh, msg, msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
+              HAS_MASK: tl.constexpr,
               MASK_BOOL: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
               F64: tl.constexpr):
     """One key block: ``dk``, ``dv`` accumulated over the query tiles that see it."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)  # axis 0: up to 2^31 - 1 programs
+    pid_n = tl.program_id(1)
     bh = pid_bh.to(tl.int64)
     n0 = pid_n * BLOCK_N
     cols = n0 + tl.arange(0, BLOCK_N)
@@ -409,9 +445,11 @@ def _bwd_dkdv(Q, K, V, Mask, DO, Shift, DK, DV, Hk, R, L, S, E, EV, scale, coef,
             delta = tl.load(Shift + sh + 2, mask=row_ok, other=0.0)
             s = _masked(_mm(q, tl.trans(k), F64) * scale, rows_l, rows_g, row_ok, cols, S,
                         Mask_bh, msg, msl, mss, HAS_MASK, MASK_BOOL, CAUSAL)
-            dp = _mm(do, tl.trans(v), F64)
+            dp = _dropped(_mm(do, tl.trans(v), F64), Seed, bh, rows, cols, R, S, thresh,
+                          inv_keep, DROPOUT)
             p, ds = _grad_scores(s, m, z, delta, dp, coef, MAP)
-            dv += _mm(tl.trans(p), do, F64)
+            pd = _dropped(p, Seed, bh, rows, cols, R, S, thresh, inv_keep, DROPOUT)
+            dv += _mm(tl.trans(pd), do, F64)
             dk += _mm(tl.trans(ds), q, F64)
     tl.store(DK + (bh * S + cols[:, None]) * E + offs_e[None, :],
              (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & (offs_e[None, :] < E))
@@ -420,14 +458,15 @@ def _bwd_dkdv(Q, K, V, Mask, DO, Shift, DK, DV, Hk, R, L, S, E, EV, scale, coef,
 
 
 @triton.jit
-def _bwd_dq(Q, K, V, Mask, DO, Shift, DQ, DM, Hk, R, L, S, E, EV, scale, coef, msb, msh, msg,
-            msl, mss, MAP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
+def _bwd_dq(Q, K, V, Mask, DO, Shift, DQ, DM, Seed, Hk, R, L, S, E, EV, scale, coef, msb, msh,
+            msg, msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
+            HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
             CAUSAL: tl.constexpr, MASK_GRAD: tl.constexpr, BLOCK_M: tl.constexpr,
             BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
             F64: tl.constexpr):
     """One query tile: ``dq`` over the key blocks it sees (and ``ds`` into ``DM``)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)  # axis 0: up to 2^31 - 1 programs
+    pid_m = tl.program_id(1)
     rows, row_ok, rows_l, rows_g, Mask_bh, n_end = _tile(pid_m, pid_bh, Hk, R, L, S, msb, msh,
                                                          Mask, BLOCK_M, CAUSAL)
     bh = pid_bh.to(tl.int64)
@@ -448,7 +487,8 @@ def _bwd_dq(Q, K, V, Mask, DO, Shift, DQ, DM, Hk, R, L, S, E, EV, scale, coef, m
         v = _load_rows(V_bh, cols, cols < S, EV, offs_ev, BLOCK_EV)
         s = _masked(_mm(q, tl.trans(k), F64) * scale, rows_l, rows_g, row_ok, cols, S, Mask_bh,
                     msg, msl, mss, HAS_MASK, MASK_BOOL, CAUSAL)
-        dp = _mm(do, tl.trans(v), F64)
+        dp = _dropped(_mm(do, tl.trans(v), F64), Seed, bh, rows, cols, R, S, thresh, inv_keep,
+                      DROPOUT)
         _p, ds = _grad_scores(s, m, z, delta, dp, coef, MAP)
         dq += _mm(ds, k, F64)
         if MASK_GRAD:
@@ -483,12 +523,19 @@ def _mask_args(mask: torch.Tensor | None, q: torch.Tensor):
     return mask, strides, True, False
 
 
-def _check(sink, dropout_p: float, norm) -> None:
-    if sink is not None or dropout_p > 0 or norm.name not in MAPS:
+def _check(sink, norm) -> None:
+    if sink is not None or norm.name not in MAPS:
         raise NotImplementedError(
-            f"triton.attention runs {', '.join(MAPS)} without dropout or a sink; got "
-            f"mapping {norm.name!r}, dropout_p={dropout_p}, sink={sink is not None} (the "
-            "registry's applies() keeps these on the reference)")
+            f"triton.attention runs {', '.join(MAPS)} without a sink; got mapping "
+            f"{norm.name!r}, sink={sink is not None} (the registry's applies() keeps these on "
+            "the reference)")
+
+
+def _dropout_args(q, seed, dropout_p: float):
+    """``(Seed pointer, thresh, inv_keep, DROPOUT)`` of the kernels (as ``dropout_keep``)."""
+    if dropout_p > 0:
+        return seed, int(dropout_p * (1 << 24)), 1.0 / (1.0 - dropout_p), True
+    return q, 0, 1.0, False
 
 
 def _common(q, k, v, mask, L: int, norm):
@@ -505,17 +552,18 @@ def _common(q, k, v, mask, L: int, norm):
 def attention_forward(q, k, v, mask, sink, seed, causal: bool, L: int, scale: float,
                       dropout_p: float, norm, want_stats: bool):
     """``(out (B, Hk, G*L, Ev), stats (B, Hk, G*L, 2) or (0,))`` of the canonical call."""
-    _check(sink, dropout_p, norm)
+    _check(sink, norm)
     (B, Hk, R, E, S, EV, bm, _bn), ptr, st, consts = _common(q, k, v, mask, L, norm)
     out = q.new_empty(B, Hk, R, EV)
     stats = q.new_empty(B, Hk, R, 2) if want_stats else q.new_empty(0)
     if B * Hk * R == 0:
         return out, stats
     LA.PATHS[f"attention.forward.{norm.name}"] += 1
-    _fwd[(LA.cdiv(R, bm), B * Hk)](
-        q, k, v, ptr, out, stats if want_stats else out, Hk, R, L, S, E, EV, float(scale),
-        _coef(norm), *st, CAUSAL=bool(causal), WANT_STATS=bool(want_stats),
-        N_BISECT=N_BISECT, **consts)
+    seed_ptr, thresh, inv_keep, dropout = _dropout_args(q, seed, dropout_p)
+    _fwd[(B * Hk, LA.cdiv(R, bm))](
+        q, k, v, ptr, out, stats if want_stats else out, seed_ptr, Hk, R, L, S, E, EV,
+        float(scale), _coef(norm), *st, thresh, inv_keep, DROPOUT=dropout,
+        CAUSAL=bool(causal), WANT_STATS=bool(want_stats), N_BISECT=N_BISECT, **consts)
     return out, stats
 
 
@@ -528,7 +576,7 @@ def attention_backward(dout, q, k, v, mask, sink, seed, causal: bool, L: int, sc
                        dropout_p: float, norm, mask_grad: bool, sink_grad: bool):
     """``(dq, dk, dv, dmask, dsink)``; ``dmask`` (a float mask's gradient) is empty unless
     asked for, ``dsink`` always (no sink here)."""
-    _check(sink, dropout_p, norm)
+    _check(sink, norm)
     (B, Hk, R, E, S, EV, bm, bn), ptr, st, consts = _common(q, k, v, mask, L, norm)
     dq = torch.empty_like(q)
     dk = torch.zeros_like(k)
@@ -537,15 +585,18 @@ def attention_backward(dout, q, k, v, mask, sink, seed, causal: bool, L: int, sc
     dm_full = q.new_zeros(B, Hk, R, S) if want_dm else q.new_empty(0)
     if q.numel() and k.shape[-2]:
         LA.PATHS[f"attention.backward.{norm.name}"] += 1
-        scalars = (Hk, R, L, S, E, EV, float(scale), _coef(norm), *st)
+        seed_ptr, thresh, inv_keep, dropout = _dropout_args(q, seed, dropout_p)
+        scalars = (seed_ptr, Hk, R, L, S, E, EV, float(scale), _coef(norm), *st, thresh,
+                   inv_keep)
+        consts["DROPOUT"] = dropout
         shift = q.new_empty(B, Hk, R, 3)
         if consts["MAP"] != MAPS["sigmoid"]:
-            _bwd_pre[(LA.cdiv(R, bm), B * Hk)](
+            _bwd_pre[(B * Hk, LA.cdiv(R, bm))](
                 q, k, v, ptr, dout, shift, *scalars, CAUSAL=bool(causal),
                 N_BISECT=N_BISECT, **consts)
-        _bwd_dkdv[(LA.cdiv(S, bn), B * Hk)](q, k, v, ptr, dout, shift, dk, dv, *scalars,
+        _bwd_dkdv[(B * Hk, LA.cdiv(S, bn))](q, k, v, ptr, dout, shift, dk, dv, *scalars,
                                            CAUSAL=bool(causal), **consts)
-        _bwd_dq[(LA.cdiv(R, bm), B * Hk)](q, k, v, ptr, dout, shift, dq,
+        _bwd_dq[(B * Hk, LA.cdiv(R, bm))](q, k, v, ptr, dout, shift, dq,
                                          dm_full if want_dm else dq, *scalars,
                                          CAUSAL=bool(causal), MASK_GRAD=want_dm, **consts)
     else:
