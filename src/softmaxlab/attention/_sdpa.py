@@ -106,7 +106,7 @@ def scaled_dot_product_attention(
     ``mapping="softmax"`` runs torch's own SDPA (equal to it) unless statistics are asked
     for; every other mapping, on CPU, runs the blocked kernel (exact; memory O(L E) beside
     one block of scores), on CUDA the Triton kernels where they apply (softmax with
-    statistics, sparsemax, entmax15, sigmoid; no sink), else the reference.
+    statistics, softmax1, sparsemax, entmax15, sigmoid), else the reference.
 
     Example:
         >>> q = k = v = torch.eye(3)[None, None]

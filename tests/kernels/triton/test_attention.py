@@ -1,14 +1,15 @@
-"""The Triton attention kernel (``triton.attention``: softmax, sparsemax, entmax15, sigmoid)
+"""The Triton attention kernel (``triton.attention``: softmax, sparsemax, entmax15, sigmoid,
+softmax1 with its sink)
 through ``softmaxlab.attention.scaled_dot_product_attention`` with the Triton backend forced,
 against the naive float64 oracle (``tests/oracle/attention.py``): values, the gradients of q,
 k, v (and of a float mask), the statistics, on tiny odd shapes that cross the kernels' tile
 boundaries (16 rows / keys under the interpreter): bool and float masks, causal (also with
 more queries than keys), GQA with a per-head mask, key padding, a fully masked query (zeros,
 zero gradient, never NaN), different key and value widths; dropout equal to the oracle with
-the CPU kernels' counter-hash keep mask. Each test checks that the kernel ran
-(:data:`softmaxlab.kernels.triton._launch.PATHS`), and the options it does not implement
-fall back: softmax1's sink and the other mappings to the reference, softmax without
-statistics to torch's SDPA.
+the CPU kernels' counter-hash keep mask; softmax1's sink as a learnable tensor. Each test
+checks that the kernel ran (:data:`softmaxlab.kernels.triton._launch.PATHS`), and the
+mappings it does not implement fall back to the reference, softmax without statistics to
+torch's SDPA.
 
 Under the interpreter (CPU tensors, ``TRITON_INTERPRET=1``, set by conftest.py) or natively
 on CUDA (the ``device`` fixture). float64 is compared with tolerance ``ATTENTION[F64]``
@@ -38,7 +39,7 @@ from ...tolerances import ATTENTION
 
 F64, F32 = torch.float64, torch.float32
 NEG_INF = float("-inf")
-MAPPINGS = ["softmax", "sparsemax", "entmax15", "sigmoid"]
+MAPPINGS = ["softmax", "sparsemax", "entmax15", "sigmoid", "softmax1"]
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
@@ -143,6 +144,9 @@ def test_matches_the_oracle(device, name, config):
     s = _scores(*leaves[:3], okw)
     if name == "softmax":
         assert_close(st.logsumexp, s.logsumexp(-1), tol, "logsumexp")
+    if name == "softmax1":  # the sink's logit (0) counts
+        assert_close(st.logsumexp, torch.cat([s, torch.zeros_like(s[..., :1])], -1)
+                     .logsumexp(-1), tol, "logsumexp with the sink")
     if name in ("sparsemax", "entmax15"):
         am1 = 1.0 if name == "sparsemax" else 0.5
         back = (am1 * s - st.threshold[..., None]).clamp(min=0) ** (1 / am1)
@@ -185,6 +189,8 @@ def test_fully_masked_query_gives_zeros_and_zero_gradient(device, name):
     assert (st.support[..., 3] == 0).all()
     if name == "softmax":
         assert (st.logsumexp[..., 3] == NEG_INF).all()
+    if name == "softmax1":  # the sink's logit alone
+        assert (st.logsumexp[..., 3] == 0.0).all()
     if name in ("sparsemax", "entmax15"):
         assert (st.threshold[..., 3] == float("inf")).all()
 
@@ -230,6 +236,26 @@ def test_dropout_is_the_counter_hash_mask(device, name):
     assert torch.equal(st.support, (probs > 0).sum(-1).to(F64))
 
 
+@pytest.mark.parametrize("shape", [(4,), (2, 1)], ids=["per-head", "per-batch"])
+def test_softmax1_sink_tensor_and_its_gradient(device, shape):
+    q, k, v, kw = make("gqa", F64, device, gen("triton-attention-sink", shape))
+    sink = torch.randn(shape, generator=gen("sink", shape), dtype=F64).to(device)
+    sink.requires_grad_()
+    before = _launch.PATHS["attention.backward.softmax1"]
+    with kernels.use("triton"):
+        out = sa.scaled_dot_product_attention(q, k, v, **kw, mapping="softmax1", sink=sink)
+        w = torch.randn(out.shape, generator=gen("w-sink"), dtype=F64).to(out)
+        grads = torch.autograd.grad((out * w).sum(), (q, k, v, sink))
+    assert _launch.PATHS["attention.backward.softmax1"] == before + 1
+    leaves, okw = _oracle_inputs(q, k, v, kw)
+    osink = sink.detach().clone().requires_grad_()
+    exp, _p = oracle.attention(*leaves, **okw, mapping="softmax1", sink=osink.expand(2, 4))
+    want = torch.autograd.grad((exp * w).sum(), (*leaves, osink))
+    assert_close(out, exp, ATTENTION[F64], "softmax1 value")
+    for a, e, n in zip(grads, want, ("q", "k", "v", "sink"), strict=True):
+        assert_close(a, e, ATTENTION[F64], f"softmax1 d{n}")
+
+
 def test_half_inputs_compute_in_float32(device):
     q, k, v, kw = make("causal", F32, device, gen("triton-attention-half"))
     qh, kh, vh = (t.detach().half() for t in (q, k, v))
@@ -242,26 +268,25 @@ def test_half_inputs_compute_in_float32(device):
 
 
 def test_unsupported_options_fall_back(device):
-    """softmax1's sink and the other mappings take the reference; softmax without statistics
-    torch's SDPA (equal to it)."""
+    """The other mappings take the reference; softmax without statistics torch's SDPA (equal
+    to it)."""
     q, k, v, kw = make("bool-mask", F32, device, gen("triton-attention-fallback"))
     qd = q.detach()
     with kernels.use("triton"):
         name = kernels.kernel_name
         assert name("attention", qd, sdpa=False, mapping="entmax15", dropout=True) == \
             "triton.attention"
-        assert name("attention", qd, sdpa=False, mapping="softmax1", sink=True) == "reference"
+        assert name("attention", qd, sdpa=False, mapping="softmax1", sink=True) == \
+            "triton.attention"
         for other in ("taylor_softmax", "entmax", "sparse_softmax", "normalize"):
             assert name("attention", qd, sdpa=False, mapping=other) == "reference"
         assert name("attention", qd, sdpa=True, mapping="softmax") == "triton.attention_sdpa"
         before = sum(n for key, n in _launch.PATHS.items() if key.startswith("attention."))
-        sink = sa.scaled_dot_product_attention(q, k, v, **kw, mapping="softmax1", sink=0.5)
         taylor = sa.scaled_dot_product_attention(q, k, v, **kw, mapping="taylor_softmax")
         plain = sa.scaled_dot_product_attention(q, k, v, **kw)
         assert sum(n for key, n in _launch.PATHS.items() if key.startswith("attention.")) == \
             before, "an unsupported call ran the Triton kernel"
-    for got, mapping, extra in ((sink, "softmax1", {"sink": 0.5}), (taylor, "taylor_softmax", {})):
-        exp, _p = oracle.attention(*(t.detach().double() for t in (q, k, v)), **kw,
-                                   mapping=mapping, **extra)
-        assert_close(got, exp, ATTENTION[F32], mapping)
+    exp, _p = oracle.attention(*(t.detach().double() for t in (q, k, v)), **kw,
+                               mapping="taylor_softmax")
+    assert_close(taylor, exp, ATTENTION[F32], "taylor_softmax")
     assert_close(plain, F.scaled_dot_product_attention(q, k, v, **kw), ATTENTION[F32], "sdpa")

@@ -14,10 +14,11 @@ exp-normalizing mapping)
                                                       no statistics asked for, no sink)
                           ``triton.attention``        :mod:`._attention`: flash-style forward
                                                       and backward for softmax (temperature),
-                                                      sparsemax, entmax15, sigmoid; bool/float
-                                                      masks (and the float mask's gradient),
-                                                      causal, GQA, dropout; no sink (softmax1
-                                                      and the other mappings: the reference)
+                                                      softmax1 (sink, its gradient), sparsemax,
+                                                      entmax15, sigmoid; bool/float masks (and
+                                                      the float mask's gradient), causal, GQA,
+                                                      dropout (the other mappings: the
+                                                      reference)
 ========================  ==========================  ====================================
 
 Each kernel computes in float32 (float64 for float64 inputs) and takes float16/bfloat16
@@ -34,7 +35,7 @@ from ..._constants import FLOATING
 from ..registry import KernelSpec, register
 
 #: The mappings ``triton.attention`` runs (:data:`._attention.MAPS`, without importing it).
-ATTENTION_MAPPINGS = ("softmax", "sparsemax", "entmax15", "sigmoid")
+ATTENTION_MAPPINGS = ("softmax", "sparsemax", "entmax15", "sigmoid", "softmax1")
 
 
 def _triton(op: str, module: str, applies=None) -> None:
@@ -51,7 +52,7 @@ register(KernelSpec("attention", "triton", "triton.attention_sdpa", "softmaxlab.
                     FLOATING, None, lambda f: f["sdpa"]))
 register(KernelSpec("attention", "triton", "triton.attention", f"{__name__}._attention",
                     (torch.float32, torch.float64), "triton", lambda f: (
-                        f.get("mapping") in ATTENTION_MAPPINGS and not f.get("sink", False))))
+                        f.get("mapping") in ATTENTION_MAPPINGS)))
 _triton("linear_cross_entropy", "_linear_ce", applies=lambda f: (
     f["mapping"] == "softmax" and set(f["params"]) <= {"temperature"}
     and not isinstance(f["params"].get("temperature"), torch.Tensor) and len(f["dtypes"]) == 1))

@@ -1,5 +1,5 @@
 r"""Memory-efficient exact attention in Triton (flash style): softmax (with temperature),
-sparsemax, 1.5-entmax and sigmoid, in the canonical layout of
+softmax1 (with its sink), sparsemax, 1.5-entmax and sigmoid, in the canonical layout of
 :mod:`softmaxlab.attention._front` (``q`` ``(B, Hk, G*L, E)``, ``k`` ``(B, Hk, S, E)``, ``v``
 ``(B, Hk, S, Ev)``, a 5-D ``mask`` ``(Bm, Hm, Gm, Lm, Sm)`` of sizes 1 or full), with the
 row functions of the CPU attention kernels (``attention_forward``, ``attention_backward``).
@@ -13,7 +13,9 @@ never visited. The mappings, in their log-score ``l``:
 
 * softmax, ``l = s / T``: one pass with the online normalizer (running max and sum, the
   accumulator rescaled), ``out = acc / sum``; statistics ``[m + log sum, #(p > 0)]`` (the
-  support needs a second pass, only when statistics are asked for);
+  support needs a second pass, only when statistics are asked for); softmax1 starts the
+  online state at its sink's logit (max ``sink``, sum 1), and its sink's gradient is
+  :math:`-p_{sink} \Delta` per row;
 * sparsemax ``l = s``, 1.5-entmax ``l = s / 2``, ``p = [l - m - \tau]_+^q`` (``q`` 1, 2, ``m``
   the row max): a pass for the max, a few (``N_BISECT``) bisection steps on
   :math:`f(\tau) = \sum_j [a_j - \tau]_+^q` (:math:`a = l - m`, :math:`\tau \in [-1, 0]`),
@@ -45,8 +47,9 @@ index), recomputed wherever it is needed: the same mask as ``cpu.attention`` for
 seed, never stored. The statistics are those of ``p`` before dropout.
 
 Float32 (the front end computes float16/bfloat16 in float32) and float64, each in its own
-dtype (``tl.dot`` in IEEE precision, no TF32). Not here (the registry's ``applies`` keeps
-them on the reference): softmax1's sink, the other mappings.
+dtype (``tl.dot`` in IEEE precision, no TF32). The other mappings (Taylor, spherical,
+sigsoftmax, alpha-entmax, top-k, ...) are not here: the registry's ``applies`` keeps them on
+the reference.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ import triton.language as tl
 from . import _launch as LA
 
 #: mapping name -> the kernels' MAP constexpr
-MAPS = {"softmax": 0, "sparsemax": 1, "entmax15": 2, "sigmoid": 3}
+MAPS = {"softmax": 0, "sparsemax": 1, "entmax15": 2, "sigmoid": 3, "softmax1": 0}
 #: Bisection steps before the exact support iteration. Each step, like each support
 #: iteration, streams the tile's keys once; the iteration alone converges too (from the
 #: lower bound -1), and a few halvings of the bracket bound its steps on unlucky rows:
@@ -199,14 +202,18 @@ def _threshold(q, K_bh, n_end, rows_l, rows_g, row_ok, S, E, scale, half, Mask_b
 
 
 @triton.jit
-def _softmax_shift(q, K_bh, n_end, rows_l, rows_g, row_ok, S, E, scale, coef, Mask_bh, msg,
-                   msl, mss, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
-                   CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_E: tl.constexpr, F64: tl.constexpr):
+def _softmax_shift(q, K_bh, n_end, rows_l, rows_g, row_ok, S, E, scale, coef, sk, Mask_bh,
+                   msg, msl, mss, HAS_SINK: tl.constexpr, HAS_MASK: tl.constexpr,
+                   MASK_BOOL: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, F64: tl.constexpr):
     """Per row ``(m, log sum exp(l - m))`` of ``l = coef * s`` (``(0, +inf)`` for a row with
     no key, so that ``exp(l - m - z)`` is 0 there)."""
-    m_i = tl.full((BLOCK_M,), -float("inf"), q.dtype)
-    l_i = tl.zeros((BLOCK_M,), q.dtype)
+    if HAS_SINK:  # softmax1: the sink's logit starts the online state (max sk, sum 1)
+        m_i = sk
+        l_i = tl.full((BLOCK_M,), 1.0, q.dtype)
+    else:
+        m_i = tl.full((BLOCK_M,), -float("inf"), q.dtype)
+        l_i = tl.zeros((BLOCK_M,), q.dtype)
     for n0 in range(0, n_end, BLOCK_N):
         s, _c = _block_scores(q, K_bh, n0, rows_l, rows_g, row_ok, S, E, scale, Mask_bh, msg,
                               msl, mss, HAS_MASK, MASK_BOOL, CAUSAL, BLOCK_N, BLOCK_E, F64)
@@ -267,8 +274,9 @@ def _load_rows(P, rows, ok, n, offs, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _fwd(Q, K, V, Mask, Out, Stats, Seed, Hk, R, L, S, E, EV, scale, coef, msb, msh, msg, msl,
-         mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
+def _fwd(Q, K, V, Mask, Out, Stats, Seed, SinkR, Hk, R, L, S, E, EV, scale, coef, msb, msh,
+         msg, msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
+         HAS_SINK: tl.constexpr,
          HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
          CAUSAL: tl.constexpr, WANT_STATS: tl.constexpr, N_BISECT: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -286,8 +294,12 @@ def _fwd(Q, K, V, Mask, Out, Stats, Seed, Hk, R, L, S, E, EV, scale, coef, msb, 
     acc = tl.zeros((BLOCK_M, BLOCK_EV), q.dtype)
     cnt = tl.zeros((BLOCK_M,), tl.int32)
     if MAP == 0:
-        m_i = tl.full((BLOCK_M,), -float("inf"), q.dtype)
-        l_i = tl.zeros((BLOCK_M,), q.dtype)
+        if HAS_SINK:  # softmax1: the sink's logit starts the online state (max sk, sum 1)
+            m_i = tl.load(SinkR + bh * R + rows, mask=row_ok, other=0.0).to(q.dtype)
+            l_i = tl.full((BLOCK_M,), 1.0, q.dtype)
+        else:
+            m_i = tl.full((BLOCK_M,), -float("inf"), q.dtype)
+            l_i = tl.zeros((BLOCK_M,), q.dtype)
         for n0 in range(0, n_end, BLOCK_N):
             s, cols = _block_scores(q, K_bh, n0, rows_l, rows_g, row_ok, S, E, scale, Mask_bh,
                                     msg, msl, mss, HAS_MASK, MASK_BOOL, CAUSAL, BLOCK_N,
@@ -350,9 +362,9 @@ def _fwd(Q, K, V, Mask, Out, Stats, Seed, Hk, R, L, S, E, EV, scale, coef, msb, 
 
 
 @triton.jit
-def _bwd_pre(Q, K, V, Mask, DO, Shift, Seed, Hk, R, L, S, E, EV, scale, coef, msb, msh, msg,
+def _bwd_pre(Q, K, V, Mask, DO, Shift, Seed, SinkR, Hk, R, L, S, E, EV, scale, coef, msb, msh, msg,
              msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
-             HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
+             HAS_SINK: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
              CAUSAL: tl.constexpr, N_BISECT: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
              BLOCK_EV: tl.constexpr, F64: tl.constexpr):
@@ -368,10 +380,14 @@ def _bwd_pre(Q, K, V, Mask, DO, Shift, Seed, Hk, R, L, S, E, EV, scale, coef, ms
     offs_ev = tl.arange(0, BLOCK_EV)
     q = _load_rows(Q + bh * R * E, rows, row_ok, E, offs_e, BLOCK_E)
     do = _load_rows(DO + bh * R * EV, rows, row_ok, EV, offs_ev, BLOCK_EV)
+    if HAS_SINK:
+        sk = tl.load(SinkR + bh * R + rows, mask=row_ok, other=0.0).to(q.dtype)
+    else:
+        sk = tl.zeros((BLOCK_M,), q.dtype)
     if MAP == 0:
-        m, z = _softmax_shift(q, K_bh, n_end, rows_l, rows_g, row_ok, S, E, scale, coef,
-                              Mask_bh, msg, msl, mss, HAS_MASK, MASK_BOOL, CAUSAL, BLOCK_M,
-                              BLOCK_N, BLOCK_E, F64)
+        m, z = _softmax_shift(q, K_bh, n_end, rows_l, rows_g, row_ok, S, E, scale, coef, sk,
+                              Mask_bh, msg, msl, mss, HAS_SINK, HAS_MASK, MASK_BOOL, CAUSAL,
+                              BLOCK_M, BLOCK_N, BLOCK_E, F64)
     else:
         m, z = _threshold(q, K_bh, n_end, rows_l, rows_g, row_ok, S, E, scale, coef, Mask_bh,
                           msg, msl, mss, HAS_MASK, MASK_BOOL, CAUSAL, MAP == 2, N_BISECT,
@@ -393,10 +409,12 @@ def _bwd_pre(Q, K, V, Mask, DO, Shift, Seed, Hk, R, L, S, E, EV, scale, coef, ms
         delta = swdp
     else:
         delta = swdp / tl.where(sw == 0, 1.0, sw)
-    out_rows = (bh * R + rows) * 3
+    out_rows = (bh * R + rows) * 4
     tl.store(Shift + out_rows, m, mask=row_ok)
     tl.store(Shift + out_rows + 1, z, mask=row_ok)
     tl.store(Shift + out_rows + 2, delta, mask=row_ok)
+    if HAS_SINK:  # the sink logit's gradient: -p_sink * Delta
+        tl.store(Shift + out_rows + 3, -tl.exp(sk - m - z) * delta, mask=row_ok)
 
 
 @triton.jit
@@ -413,9 +431,9 @@ def _grad_scores(s, m, z, delta, dp, coef, MAP: tl.constexpr):
 
 
 @triton.jit
-def _bwd_dkdv(Q, K, V, Mask, DO, Shift, DK, DV, Seed, Hk, R, L, S, E, EV, scale, coef, msb,
+def _bwd_dkdv(Q, K, V, Mask, DO, Shift, DK, DV, Seed, SinkR, Hk, R, L, S, E, EV, scale, coef, msb,
               msh, msg, msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
-              HAS_MASK: tl.constexpr,
+              HAS_SINK: tl.constexpr, HAS_MASK: tl.constexpr,
               MASK_BOOL: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
               F64: tl.constexpr):
@@ -439,7 +457,7 @@ def _bwd_dkdv(Q, K, V, Mask, DO, Shift, DK, DV, Seed, Hk, R, L, S, E, EV, scale,
         if n0 < n_end:  # under is_causal, a tile whose last query precedes the block: skip
             q = _load_rows(Q + bh * R * E, rows, row_ok, E, offs_e, BLOCK_E)
             do = _load_rows(DO + bh * R * EV, rows, row_ok, EV, offs_ev, BLOCK_EV)
-            sh = (bh * R + rows) * 3
+            sh = (bh * R + rows) * 4
             m = tl.load(Shift + sh, mask=row_ok, other=0.0)
             z = tl.load(Shift + sh + 1, mask=row_ok, other=float("inf"))
             delta = tl.load(Shift + sh + 2, mask=row_ok, other=0.0)
@@ -458,8 +476,9 @@ def _bwd_dkdv(Q, K, V, Mask, DO, Shift, DK, DV, Seed, Hk, R, L, S, E, EV, scale,
 
 
 @triton.jit
-def _bwd_dq(Q, K, V, Mask, DO, Shift, DQ, DM, Seed, Hk, R, L, S, E, EV, scale, coef, msb, msh,
-            msg, msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
+def _bwd_dq(Q, K, V, Mask, DO, Shift, DQ, DM, Seed, SinkR, Hk, R, L, S, E, EV, scale, coef,
+            msb, msh, msg, msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr,
+            MAP: tl.constexpr, HAS_SINK: tl.constexpr,
             HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
             CAUSAL: tl.constexpr, MASK_GRAD: tl.constexpr, BLOCK_M: tl.constexpr,
             BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
@@ -476,7 +495,7 @@ def _bwd_dq(Q, K, V, Mask, DO, Shift, DQ, DM, Seed, Hk, R, L, S, E, EV, scale, c
     offs_ev = tl.arange(0, BLOCK_EV)
     q = _load_rows(Q + bh * R * E, rows, row_ok, E, offs_e, BLOCK_E)
     do = _load_rows(DO + bh * R * EV, rows, row_ok, EV, offs_ev, BLOCK_EV)
-    sh = (bh * R + rows) * 3
+    sh = (bh * R + rows) * 4
     m = tl.load(Shift + sh, mask=row_ok, other=0.0)
     z = tl.load(Shift + sh + 1, mask=row_ok, other=float("inf"))
     delta = tl.load(Shift + sh + 2, mask=row_ok, other=0.0)
@@ -505,6 +524,8 @@ def supports(mapping: str) -> bool:
 
 def _coef(norm) -> float:
     """The MAP's constant: 1/T (softmax), the l-scale alpha - 1 (threshold), the bias."""
+    if norm.name == "softmax1":
+        return 1.0
     if norm.name == "softmax":
         return 1.0 / float(norm.params.get("temperature", 1.0))
     if norm.name == "sigmoid":
@@ -523,12 +544,21 @@ def _mask_args(mask: torch.Tensor | None, q: torch.Tensor):
     return mask, strides, True, False
 
 
-def _check(sink, norm) -> None:
-    if sink is not None or norm.name not in MAPS:
+def _check(norm) -> None:
+    if norm.name not in MAPS:
         raise NotImplementedError(
-            f"triton.attention runs {', '.join(MAPS)} without a sink; got mapping "
-            f"{norm.name!r}, sink={sink is not None} (the registry's applies() keeps these on "
-            "the reference)")
+            f"triton.attention runs {', '.join(MAPS)}; got mapping {norm.name!r} (the "
+            "registry's applies() keeps the others on the reference)")
+
+
+def _sink_rows(sink, q, L: int):
+    """``(pointer, HAS_SINK)``: softmax1's sink per score row ``(B, Hk, G*L)`` (O(L), as the
+    statistics), from its canonical ``(Bs, Hs, Gs)``."""
+    if sink is None:
+        return q, False
+    B, Hk, R, _ = q.shape
+    rows = sink[..., None].expand(B, Hk, R // L, L).reshape(B, Hk, R)
+    return rows.to(q.dtype).contiguous(), True
 
 
 def _dropout_args(q, seed, dropout_p: float):
@@ -552,7 +582,7 @@ def _common(q, k, v, mask, L: int, norm):
 def attention_forward(q, k, v, mask, sink, seed, causal: bool, L: int, scale: float,
                       dropout_p: float, norm, want_stats: bool):
     """``(out (B, Hk, G*L, Ev), stats (B, Hk, G*L, 2) or (0,))`` of the canonical call."""
-    _check(sink, norm)
+    _check(norm)
     (B, Hk, R, E, S, EV, bm, _bn), ptr, st, consts = _common(q, k, v, mask, L, norm)
     out = q.new_empty(B, Hk, R, EV)
     stats = q.new_empty(B, Hk, R, 2) if want_stats else q.new_empty(0)
@@ -560,10 +590,12 @@ def attention_forward(q, k, v, mask, sink, seed, causal: bool, L: int, scale: fl
         return out, stats
     LA.PATHS[f"attention.forward.{norm.name}"] += 1
     seed_ptr, thresh, inv_keep, dropout = _dropout_args(q, seed, dropout_p)
+    sink_ptr, has_sink = _sink_rows(sink, q, L)
     _fwd[(B * Hk, LA.cdiv(R, bm))](
-        q, k, v, ptr, out, stats if want_stats else out, seed_ptr, Hk, R, L, S, E, EV,
+        q, k, v, ptr, out, stats if want_stats else out, seed_ptr, sink_ptr, Hk, R, L, S, E, EV,
         float(scale), _coef(norm), *st, thresh, inv_keep, DROPOUT=dropout,
-        CAUSAL=bool(causal), WANT_STATS=bool(want_stats), N_BISECT=N_BISECT, **consts)
+        HAS_SINK=has_sink, CAUSAL=bool(causal), WANT_STATS=bool(want_stats),
+        N_BISECT=N_BISECT, **consts)
     return out, stats
 
 
@@ -574,22 +606,23 @@ def _reduce_to(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 def attention_backward(dout, q, k, v, mask, sink, seed, causal: bool, L: int, scale: float,
                        dropout_p: float, norm, mask_grad: bool, sink_grad: bool):
-    """``(dq, dk, dv, dmask, dsink)``; ``dmask`` (a float mask's gradient) is empty unless
-    asked for, ``dsink`` always (no sink here)."""
-    _check(sink, norm)
+    """``(dq, dk, dv, dmask, dsink)``; ``dmask`` (a float mask's gradient) and ``dsink``
+    (softmax1's sink) are empty unless asked for."""
+    _check(norm)
     (B, Hk, R, E, S, EV, bm, bn), ptr, st, consts = _common(q, k, v, mask, L, norm)
     dq = torch.empty_like(q)
     dk = torch.zeros_like(k)
     dv = torch.zeros_like(v)
     want_dm = bool(mask_grad and mask is not None)
     dm_full = q.new_zeros(B, Hk, R, S) if want_dm else q.new_empty(0)
+    shift = q.new_zeros(B, Hk, R, 4)
     if q.numel() and k.shape[-2]:
         LA.PATHS[f"attention.backward.{norm.name}"] += 1
         seed_ptr, thresh, inv_keep, dropout = _dropout_args(q, seed, dropout_p)
-        scalars = (seed_ptr, Hk, R, L, S, E, EV, float(scale), _coef(norm), *st, thresh,
-                   inv_keep)
-        consts["DROPOUT"] = dropout
-        shift = q.new_empty(B, Hk, R, 3)
+        sink_ptr, has_sink = _sink_rows(sink, q, L)
+        scalars = (seed_ptr, sink_ptr, Hk, R, L, S, E, EV, float(scale), _coef(norm), *st,
+                   thresh, inv_keep)
+        consts.update(DROPOUT=dropout, HAS_SINK=has_sink)
         if consts["MAP"] != MAPS["sigmoid"]:
             _bwd_pre[(B * Hk, LA.cdiv(R, bm))](
                 q, k, v, ptr, dout, shift, *scalars, CAUSAL=bool(causal),
@@ -605,4 +638,8 @@ def attention_backward(dout, q, k, v, mask, sink, seed, causal: bool, L: int, sc
     if want_dm:
         G = R // L
         dmask = _reduce_to(dm_full.view(B, Hk, G, L, S), tuple(mask.shape)).contiguous()
-    return dq, dk, dv, dmask, q.new_empty(0)
+    dsink = q.new_empty(0)
+    if sink_grad and sink is not None:
+        rows = shift[..., 3].reshape(B, Hk, R // L, L).sum(-1)
+        dsink = _reduce_to(rows, tuple(sink.shape)).contiguous()
+    return dq, dk, dv, dmask, dsink
