@@ -105,7 +105,8 @@ def scaled_dot_product_attention(
 
     ``mapping="softmax"`` runs torch's own SDPA (equal to it) unless statistics are asked
     for; every other mapping, on CPU, runs the blocked kernel (exact; memory O(L E) beside
-    one block of scores), on CUDA the Triton kernels where they apply.
+    one block of scores), on CUDA the Triton kernels where they apply (softmax with
+    statistics, softmax1, sparsemax, entmax15, sigmoid), else the reference.
 
     Example:
         >>> q = k = v = torch.eye(3)[None, None]
@@ -122,7 +123,8 @@ def scaled_dot_product_attention(
     call = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                    mapping, mapping_params)
     sdpa = call.norm.name == "softmax" and not return_stats and call.sink is None
-    spec = kernels.select("attention", call.q, sdpa=sdpa, mapping=call.norm.name)
+    spec = kernels.select("attention", call.q, sdpa=sdpa, mapping=call.norm.name,
+                          dropout=call.dropout_p > 0, sink=call.sink is not None)
     if spec is None:
         out, stats, _ = reference(call, want_stats=return_stats)
         out = call.user_layout(out)

@@ -39,7 +39,7 @@ def _triton_ops() -> set[str]:
 
 
 def test_every_triton_op_is_covered():
-    covered = {"softmax", "sparsemax", "softmax_topk", "linear_cross_entropy"}
+    covered = {"softmax", "sparsemax", "softmax_topk", "linear_cross_entropy", "attention"}
     assert _triton_ops() <= covered, _triton_ops() - covered
 
 
@@ -87,3 +87,26 @@ def test_linear_cross_entropy_gradgradcheck_on_triton(reduction):
             "triton.linear_cross_entropy")
         inputs = [x.requires_grad_() for x in (h, w, b)]
         assert torch.autograd.gradgradcheck(loss, inputs)
+
+
+def test_attention_double_backward_is_refused_as_on_cpu():
+    """The attention custom op has no second-order formula on any kernel (its backward op
+    registers no autograd): through ``triton.attention``, as through ``cpu.attention``, a
+    ``create_graph`` gradient differentiated again raises; the reference supports it. (Its
+    first-order gradients: tests/kernels/triton/test_attention.py.)"""
+    import softmaxlab.attention as sa
+
+    q = torch.randn(1, 1, 3, 4, generator=gen("triton-attention-gradgrad"), dtype=F64)
+    for backend, name in (("triton", "triton.attention"), ("cpu", "cpu.attention_sparse")):
+        with kernels.use(backend):
+            assert kernels.kernel_name("attention", q, sdpa=False, mapping="entmax15") == name
+            x = q.clone().requires_grad_()
+            (g,) = torch.autograd.grad(sa.scaled_dot_product_attention(
+                x, x, x, mapping="entmax15").sum(), x, create_graph=True)
+            with pytest.raises(RuntimeError, match="no autograd formula"):
+                torch.autograd.grad(g.sum(), x)
+    with kernels.use("reference"):
+        x = q.clone().requires_grad_()
+        (g,) = torch.autograd.grad(sa.scaled_dot_product_attention(
+            x, x, x, mapping="entmax15").sum(), x, create_graph=True)
+        assert torch.autograd.grad(g.sum(), x)[0].shape == x.shape
