@@ -53,15 +53,11 @@ def _step(loss):
 
 
 def _median_time(fn, x, calls: int) -> float:
-    import time
+    """The median of ``calls`` timed calls ``fn(x)`` (the bench harness's CPU timer)."""
+    from ...bench.timing import CallStep, Timer
 
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        out = fn(x)
-        times.append(time.perf_counter() - t0)
-        del out
-    return statistics.median(times)
+    timer, step = Timer("cpu"), CallStep(lambda: fn(x))
+    return statistics.median(timer.time(step) for _ in range(calls))
 
 
 def run(out: str | Path, *, case: str, shape: tuple[int, int], repeats: int, calls: int = 5,
