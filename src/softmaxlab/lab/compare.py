@@ -121,7 +121,7 @@ def compare(dataset, *, mappings: str = "all", seeds: int = 5, epochs: int = Run
                     batch_size=batch_size, device=device,
                     head=heads[0].name if arms is not None else None)
     for arm in arms or [None]:  # a model that does not fit fails here, once
-        build_model(cfg.model, dataset, cosine=False, attention=arm and arm[1:])
+        build_model(cfg.model, dataset, cosine=False, attention=arm[1:] if arm else None)
     heads = _fit_heads(heads, dataset.n_classes, explicit=mappings.strip() != "all")
     if arms is not None and heads[0].skip:
         raise ValueError(f"--mappings {heads[0].name}: {heads[0].skip}")

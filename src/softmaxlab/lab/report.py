@@ -650,11 +650,11 @@ def next_step(summary: Summary) -> list[str] | None:
     words = ["softmaxlab", "compare", "--dataset", str(dataset), *arms, "--seeds", "10"]
     if summary.goal != "accuracy":
         words += ["--goal", summary.goal]
-    defaults = RunConfig(model=check_model(None, c["task"]))
+    defaults = RunConfig(model=ATTENTION_MODELS[0] if c.get("head") is not None  # --attention's
+                         else check_model(None, c["task"]))
     for key, flag in (("model", "--model"), ("epochs", "--epochs"), ("lr", "--lr"),
                       ("batch_size", "--batch-size"), ("device", "--device")):
-        if c.get(key) != getattr(defaults, key) and not (
-                key == "model" and c.get("head") is not None and c[key] == ATTENTION_MODELS[0]):
+        if c.get(key) != getattr(defaults, key):
             words += [flag, str(c[key])]
     if c.get("limit"):
         words += ["--limit", str(c["limit"])]
