@@ -274,6 +274,23 @@ def _load_rows(P, rows, ok, n, offs, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _query_program(Q, K, V, Mask, Hk, R, L, S, E, EV, msb, msh, BLOCK_M: tl.constexpr,
+                   BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, CAUSAL: tl.constexpr):
+    """The start of a kernel over one query tile (grid: batch x heads on axis 0, up to
+    2^31 - 1 programs; tiles on axis 1): :func:`_tile`'s values, this (batch, head)'s key
+    and value bases, the column offsets and the tile's queries."""
+    pid_bh = tl.program_id(0)
+    rows, row_ok, rows_l, rows_g, Mask_bh, n_end = _tile(tl.program_id(1), pid_bh, Hk, R, L,
+                                                         S, msb, msh, Mask, BLOCK_M, CAUSAL)
+    bh = pid_bh.to(tl.int64)
+    offs_e = tl.arange(0, BLOCK_E)
+    offs_ev = tl.arange(0, BLOCK_EV)
+    q = _load_rows(Q + bh * R * E, rows, row_ok, E, offs_e, BLOCK_E)
+    return (rows, row_ok, rows_l, rows_g, Mask_bh, n_end, bh, K + bh * S * E, V + bh * S * EV,
+            offs_e, offs_ev, q)
+
+
+@triton.jit
 def _fwd(Q, K, V, Mask, Out, Stats, Seed, SinkR, Hk, R, L, S, E, EV, scale, coef, msb, msh,
          msg, msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
          HAS_SINK: tl.constexpr,
@@ -281,16 +298,9 @@ def _fwd(Q, K, V, Mask, Out, Stats, Seed, SinkR, Hk, R, L, S, E, EV, scale, coef
          CAUSAL: tl.constexpr, WANT_STATS: tl.constexpr, N_BISECT: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
          BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, F64: tl.constexpr):
-    pid_bh = tl.program_id(0)  # axis 0: up to 2^31 - 1 programs
-    pid_m = tl.program_id(1)
-    rows, row_ok, rows_l, rows_g, Mask_bh, n_end = _tile(pid_m, pid_bh, Hk, R, L, S, msb, msh,
-                                                         Mask, BLOCK_M, CAUSAL)
-    bh = pid_bh.to(tl.int64)
-    K_bh = K + bh * S * E
-    V_bh = V + bh * S * EV
-    offs_e = tl.arange(0, BLOCK_E)
-    offs_ev = tl.arange(0, BLOCK_EV)
-    q = _load_rows(Q + bh * R * E, rows, row_ok, E, offs_e, BLOCK_E)
+    (rows, row_ok, rows_l, rows_g, Mask_bh, n_end, bh, K_bh, V_bh, _offs_e, offs_ev,
+     q) = _query_program(Q, K, V, Mask, Hk, R, L, S, E, EV, msb, msh, BLOCK_M, BLOCK_E,
+                         BLOCK_EV, CAUSAL)
     acc = tl.zeros((BLOCK_M, BLOCK_EV), q.dtype)
     cnt = tl.zeros((BLOCK_M,), tl.int32)
     if MAP == 0:
@@ -369,16 +379,9 @@ def _bwd_pre(Q, K, V, Mask, DO, Shift, Seed, SinkR, Hk, R, L, S, E, EV, scale, c
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
              BLOCK_EV: tl.constexpr, F64: tl.constexpr):
     """Per row ``Shift[row] = (m, z, Delta)``: ``z`` the log-sum (softmax) or ``tau``."""
-    pid_bh = tl.program_id(0)  # axis 0: up to 2^31 - 1 programs
-    pid_m = tl.program_id(1)
-    rows, row_ok, rows_l, rows_g, Mask_bh, n_end = _tile(pid_m, pid_bh, Hk, R, L, S, msb, msh,
-                                                         Mask, BLOCK_M, CAUSAL)
-    bh = pid_bh.to(tl.int64)
-    K_bh = K + bh * S * E
-    V_bh = V + bh * S * EV
-    offs_e = tl.arange(0, BLOCK_E)
-    offs_ev = tl.arange(0, BLOCK_EV)
-    q = _load_rows(Q + bh * R * E, rows, row_ok, E, offs_e, BLOCK_E)
+    (rows, row_ok, rows_l, rows_g, Mask_bh, n_end, bh, K_bh, V_bh, _offs_e, offs_ev,
+     q) = _query_program(Q, K, V, Mask, Hk, R, L, S, E, EV, msb, msh, BLOCK_M, BLOCK_E,
+                         BLOCK_EV, CAUSAL)
     do = _load_rows(DO + bh * R * EV, rows, row_ok, EV, offs_ev, BLOCK_EV)
     if HAS_SINK:
         sk = tl.load(SinkR + bh * R + rows, mask=row_ok, other=0.0).to(q.dtype)
@@ -484,16 +487,9 @@ def _bwd_dq(Q, K, V, Mask, DO, Shift, DQ, DM, Seed, SinkR, Hk, R, L, S, E, EV, s
             BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
             F64: tl.constexpr):
     """One query tile: ``dq`` over the key blocks it sees (and ``ds`` into ``DM``)."""
-    pid_bh = tl.program_id(0)  # axis 0: up to 2^31 - 1 programs
-    pid_m = tl.program_id(1)
-    rows, row_ok, rows_l, rows_g, Mask_bh, n_end = _tile(pid_m, pid_bh, Hk, R, L, S, msb, msh,
-                                                         Mask, BLOCK_M, CAUSAL)
-    bh = pid_bh.to(tl.int64)
-    K_bh = K + bh * S * E
-    V_bh = V + bh * S * EV
-    offs_e = tl.arange(0, BLOCK_E)
-    offs_ev = tl.arange(0, BLOCK_EV)
-    q = _load_rows(Q + bh * R * E, rows, row_ok, E, offs_e, BLOCK_E)
+    (rows, row_ok, rows_l, rows_g, Mask_bh, n_end, bh, K_bh, V_bh, offs_e, offs_ev,
+     q) = _query_program(Q, K, V, Mask, Hk, R, L, S, E, EV, msb, msh, BLOCK_M, BLOCK_E,
+                         BLOCK_EV, CAUSAL)
     do = _load_rows(DO + bh * R * EV, rows, row_ok, EV, offs_ev, BLOCK_EV)
     sh = (bh * R + rows) * 4
     m = tl.load(Shift + sh, mask=row_ok, other=0.0)
