@@ -256,3 +256,23 @@ def test_dropout_decouple_runs_on_histories_the_test_makes(tmp_path, monkeypatch
     out = rp.reproduce("dropout-decouple", scale="smoke", out=tmp_path / "o", progress=False)
     (check,) = json.loads((out / "verdicts.json").read_text())["checks"]
     assert check["n"] == 2 and check["verdict"] != "not run"
+
+
+def test_runs_in_worker_processes_record_what_serial_runs_do(tmp_path):
+    names = "sm-taylor,temperature-scaling"  # a custom training loop and compare
+
+    def records(jobs):
+        out = rp.reproduce(names, scale="smoke", out=tmp_path / f"j{jobs}", progress=False,
+                           jobs=jobs)
+        return {n: sorted((r["mapping"], r["seed"], json.dumps(
+            {k: v for k, v in r["metrics"].items() if "time" not in k}, sort_keys=True))
+            for r in results.read(out / n) if r["kind"] == "run") for n in names.split(",")}
+
+    serial = records(1)
+    assert [len(v) for v in serial.values()] == [4, 2]  # (arms x seeds) 2 x 2, 1 x 2
+    assert records(2) == serial
+
+
+def test_jobs_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="--jobs"):
+        rp.reproduce("sm-taylor", scale="smoke", out=tmp_path / "o", jobs=0)

@@ -15,12 +15,13 @@ import argparse
 import html
 import json
 import math
+import os
 import statistics
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import evidence, outputs, results
+from . import evidence, options, outputs, results
 from .experiments import SCALES, Experiment, experiments, get
 from .report import _html_table, _img, _md_table
 
@@ -119,30 +120,35 @@ def _not_run(experiment: Experiment, reason: str) -> list[CheckResult]:
                         "not run", reason) for c in experiment.checks]
 
 
-def _run(experiment: Experiment, scale: str, directory: Path, progress: bool) -> None:
+def _run(experiment: Experiment, scale: str, directory: Path, progress: bool,
+         jobs: int) -> None:
     setup = experiment.setup(scale)
     if experiment.kind == "custom":
-        experiment.run(directory, progress=progress, **setup)
+        experiment.run(directory, progress=progress, jobs=jobs, **setup)
         return
-    if experiment.kind == "speed":
+    if experiment.kind == "speed":  # timed alone, whatever jobs says
         from .experiments import speed
 
         speed.run(directory, **setup, progress=progress)
         return
     from .compare import compare
 
-    compare(setup.pop("dataset"), out=directory, progress=progress, **setup)
+    compare(setup.pop("dataset"), out=directory, progress=progress, jobs=jobs, **setup)
 
 
 def reproduce(names: str = "all", *, scale: str = "small", out: str | Path | None = None,
-              progress: bool = True) -> Path:
+              progress: bool = True, jobs: int = 1) -> Path:
     """Run the experiments ``names`` (comma-separated, or ``all``) at ``scale`` into ``out``
-    and write the combined report; returns ``out``. A dataset that is not installed makes
-    its experiment ``not run`` (the report names the install command), never an error."""
+    and write the combined report; returns ``out``. A training experiment runs ``jobs`` of
+    its runs at once (worker processes of one thread each; the records do not depend on
+    ``jobs``); a speed experiment is always timed alone. A dataset that is not installed
+    makes its experiment ``not run`` (the report names the install command), never an
+    error."""
     from .datasets import DatasetUnavailable
 
     if scale not in SCALES:
         raise ValueError(f"--scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    jobs = options.check_positive_int("--jobs", jobs)
     chosen = (list(experiments()) if names.strip() == "all"
               else [get(n.strip()) for n in names.split(",") if n.strip()])
     if not chosen:
@@ -156,7 +162,7 @@ def reproduce(names: str = "all", *, scale: str = "small", out: str | Path | Non
             print(f"[{i}/{len(chosen)}] {e.name}: {e.claim}", file=sys.stderr)
         directory = out / e.name
         try:
-            _run(e, scale, directory, progress)
+            _run(e, scale, directory, progress, jobs)
         except DatasetUnavailable as err:
             found.append((e, _not_run(e, str(err))))
             continue
@@ -265,7 +271,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.list:
         return _list()
     try:
-        out = reproduce(args.names, scale=args.scale, out=args.out, progress=not args.quiet)
+        out = reproduce(args.names, scale=args.scale, out=args.out, progress=not args.quiet,
+                        jobs=args.jobs)
     except ValueError as e:
         print(f"softmaxlab reproduce: error: {e}", file=sys.stderr)
         return 2
@@ -287,6 +294,10 @@ def register(subparsers) -> None:
                         "hour on 2 cores; default) or full (closer to the papers)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (default runs/reproduce-SCALE)")
+    p.add_argument("--jobs", type=options.arg_type(options.check_positive_int, "--jobs"),
+                   default=os.cpu_count() or 1, metavar="N",
+                   help="training runs at once, in worker processes of one thread each "
+                        "(default: the CPU count); speed experiments are always timed alone")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_reproduce)

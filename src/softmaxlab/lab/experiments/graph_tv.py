@@ -5,6 +5,7 @@ small language model's test perplexity, the term's weight chosen on the validati
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from pathlib import Path
@@ -116,27 +117,31 @@ def chosen_weight(records: list[dict], weights) -> float | None:
     return min(val, key=val.__getitem__)
 
 
-def _run(directory: str | Path, progress: bool = True, *, seeds: int, weights, **setup):
+def _tune(arm: str, seed: int, *, weights, **setup) -> dict:
+    w = next(w for w in weights if _grid_arm(w) == arm)
+    return _fit(TV, seed, weight=w, **setup)
+
+
+def _final(arm: str, seed: int, *, best: float, grid: dict, **setup) -> dict:
+    if arm == TV and seed in grid:  # seed 0 of the chosen weight: its tuning run
+        return {**grid[seed], "weight": best}
+    return {**_fit(arm, seed, weight=best, **setup), "weight": best}
+
+
+def _run(directory: str | Path, progress: bool = True, jobs: int = 1, *, seeds: int, weights,
+         **setup):
     """The tuning runs (seed 0 of each weight), then softmax and the chosen weight over
-    ``seeds`` seeds (seed 0 of the chosen weight is its tuning run, not trained again)."""
+    ``seeds`` seeds (seed 0 of the chosen weight is its tuning run, not trained again),
+    ``jobs`` runs at once."""
     config = {"experiment": "graph-tv", "weights": list(weights), **setup}
-
-    def tune(arm: str, seed: int) -> dict:
-        w = next(w for w in weights if _grid_arm(w) == arm)
-        return _fit(TV, seed, weight=w, **setup)
-
-    runs(directory, config, [_grid_arm(w) for w in weights], 1, tune, progress)
+    runs(directory, config, [_grid_arm(w) for w in weights], 1,
+         functools.partial(_tune, weights=tuple(weights), **setup), progress, jobs)
     records = [r for r in results.read(directory) if r.get("config") == config]
     best = chosen_weight(records, weights)
     assert best is not None
     grid = {r["seed"]: r["metrics"] for r in records if r["mapping"] == _grid_arm(best)}
-
-    def fit(arm: str, seed: int) -> dict:
-        if arm == TV and seed in grid:
-            return {**grid[seed], "weight": best}
-        return {**_fit(arm, seed, weight=best, **setup), "weight": best}
-
-    return runs(directory, {**config, "weight": best}, ["softmax", TV], seeds, fit, progress)
+    return runs(directory, {**config, "weight": best}, ["softmax", TV], seeds,
+                functools.partial(_final, best=best, grid=grid, **setup), progress, jobs)
 
 
 register(Experiment(
