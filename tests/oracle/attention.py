@@ -26,7 +26,7 @@ def _rows(name: str, s: torch.Tensor, params: dict, sink):
         return torch.sigmoid(s + bias)
     if name == "softmax1":
         # a sink logit appended to every row, its probability dropped
-        col = torch.as_tensor(sink, dtype=s.dtype).expand(*s.shape[:-1], 1)
+        col = torch.as_tensor(sink, dtype=s.dtype, device=s.device).expand(*s.shape[:-1], 1)
         return REFERENCES["softmax"](torch.cat([s, col], -1))[..., :-1]
     kw = {k: v for k, v in params.items() if k != "n_iter"}
     return REFERENCES[name](s, **kw)
@@ -48,7 +48,7 @@ def attention(query, key, value, attn_mask=None, is_causal=False, scale=None, en
         s = s.masked_fill(~attn_mask, NEG_INF) if attn_mask.dtype == torch.bool \
             else s + attn_mask.to(s.dtype)
     if is_causal:
-        s = s.masked_fill(~torch.ones(L, S, dtype=torch.bool).tril(), NEG_INF)
+        s = s.masked_fill(~torch.ones(L, S, dtype=torch.bool, device=s.device).tril(), NEG_INF)
     if isinstance(sink, torch.Tensor):
         sink = sink.to(s.dtype)[..., None, None].expand(*s.shape[:-1], 1)
     p = _rows(mapping, s, params, sink)

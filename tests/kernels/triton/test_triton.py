@@ -4,12 +4,14 @@ conftest.py where no CUDA device is available), and the device tests natively on
 
 Tiny shapes with odd sizes (1, 7, 8, 9, 17, 33, ...) run each op on every kernel path: the
 single-block kernels, and (with the thresholds lowered: ``MAX_SINGLE_BLOCK=8``, ``TILE=4``) the
-multi-block online path split over several programs per row ("split"), one program per row
-("fused") or a persistent grid of programs looping over rows ("persistent"); row lengths at
-and across the threshold; ``-inf`` entries, all-excluded rows, NaN rows, masks, temperatures,
-other dims. float64 is compared with the float64 reference to 1e-10; float32/float16/bfloat16
-by the error against float64 truth, bounded by a small multiple of the error of the naive torch
-formula in the same dtype (DESIGN.md §4). Tolerances: ``tests/tolerances.py`` (``TRITON*``).
+cooperative path (a row's chunks in registers of several programs that meet at a counter,
+"coop"), the multi-block online path split over several programs per row ("split"), one
+program per row ("fused") or a persistent grid of programs looping over rows
+("persistent"); row lengths at and across the threshold; ``-inf`` entries, all-excluded
+rows, NaN rows, masks, temperatures, other dims. float64 is compared with the float64
+reference to 1e-10; float32/float16/bfloat16 by the error against float64 truth, bounded by a
+small multiple of the error of the naive torch formula in the same dtype (DESIGN.md §4).
+Tolerances: ``tests/tolerances.py`` (``TRITON*``).
 
 The tests that take the ``device`` fixture run on a CUDA GPU when the interpreter is off, at
 the default thresholds on sizes that take each kernel path; under the interpreter they run on
@@ -99,10 +101,12 @@ def _config(**kw):
 #: Path name -> launch settings (the single path uses the defaults).
 PATHS = {
     "single": {},
-    "split": dict(MAX_SINGLE_BLOCK=8, TILE=4, PROGRAMS_PER_SM=4),
-    "fused": dict(MAX_SINGLE_BLOCK=8, TILE=4, PROGRAMS_PER_SM=0, PERSISTENT_PROGRAMS_PER_SM=0),
+    "coop": dict(MAX_SINGLE_BLOCK=8, TILE=4, COOP_CHUNK=4, COOP_PROGRAMS_PER_SM=4),
+    "split": dict(MAX_SINGLE_BLOCK=8, TILE=4, PROGRAMS_PER_SM=4, COOP_PROGRAMS_PER_SM=0),
+    "fused": dict(MAX_SINGLE_BLOCK=8, TILE=4, PROGRAMS_PER_SM=0, PERSISTENT_PROGRAMS_PER_SM=0,
+                  COOP_PROGRAMS_PER_SM=0),
     "persistent": dict(MAX_SINGLE_BLOCK=8, PERSISTENT_TILE=4, PROGRAMS_PER_SM=0,
-                       PERSISTENT_PROGRAMS_PER_SM=1),
+                       PERSISTENT_PROGRAMS_PER_SM=1, COOP_PROGRAMS_PER_SM=0),
 }
 
 
@@ -186,18 +190,21 @@ def test_sparsemax_streamed_f64():
 
 @interpreter_only
 def test_threshold_boundary():
-    """Rows of 15, 16, 17 entries with MAX_SINGLE_BLOCK=16: both sides of the dispatch."""
-    restore = _config(MAX_SINGLE_BLOCK=16, TILE=4)
-    try:
-        before = dict(_launch.PATHS)
-        for op in ("softmax", "log_softmax", "sparsemax"):
-            _compare_f64(op, [(3, 15), (3, 16), (3, 17)], 40)
-        ran = {k: v - before.get(k, 0) for k, v in _launch.PATHS.items()}
-        for key in ("softmax.single", "softmax.multi.split", "sparsemax.single",
-                    "sparsemax.streamed"):
-            assert ran.get(key, 0) > 0, f"path {key} did not run: {ran}"
-    finally:
-        restore()
+    """Rows of 15, 16, 17 entries with MAX_SINGLE_BLOCK=16: both sides of the dispatch, with
+    the cooperative path on (chunks of 4, with and without prefetching the next row) and off."""
+    for coop, prefetch, long_path in ((4, True, "softmax.coop"), (4, False, "softmax.coop"),
+                                      (0, True, "softmax.multi.split")):
+        restore = _config(MAX_SINGLE_BLOCK=16, TILE=4, COOP_CHUNK=4, COOP_PROGRAMS_PER_SM=coop,
+                          COOP_PREFETCH=prefetch)
+        try:
+            before = dict(_launch.PATHS)
+            for op in ("softmax", "log_softmax", "sparsemax"):
+                _compare_f64(op, [(3, 15), (3, 16), (3, 17)], 40)
+            ran = {k: v - before.get(k, 0) for k, v in _launch.PATHS.items()}
+            for key in ("softmax.single", long_path, "sparsemax.single", "sparsemax.streamed"):
+                assert ran.get(key, 0) > 0, f"path {key} did not run: {ran}"
+        finally:
+            restore()
 
 
 @interpreter_only
@@ -489,7 +496,8 @@ def test_every_path_ran(request):
         if item.nodeid not in RAN:
             params = item.callspec.params if hasattr(item, "callspec") else {}
             item.function(**params)
-    want = ["softmax.single", "softmax.multi.split", "softmax.multi.fused", "softmax_bwd.single",
+    want = ["softmax.single", "softmax.coop", "softmax_bwd.coop", "softmax.multi.split",
+            "softmax.multi.fused", "softmax_bwd.single",
             "softmax_bwd.multi.split", "softmax_bwd.multi.fused", "softmax.persistent",
             "softmax_bwd.persistent", "sparsemax.single", "sparsemax.streamed",
             "sparsemax_bwd.single", "sparsemax_bwd.streamed", "linear_ce.stats", "linear_ce.grad",
@@ -501,10 +509,15 @@ def test_every_path_ran(request):
 # ============================================================ device tests (CUDA or interpreter)
 def _row_plans(device):
     """(launch settings, shapes) that take every row path on ``device``: on CUDA the default
-    thresholds on one block, rows split over programs (few rows longer than one block) and
-    the persistent grid (many such rows); on CPU the lowered thresholds of PATHS."""
+    thresholds on one block and on the cooperative path (rows longer than one block: few,
+    many, and too long for the SMs to hold one row at once, which falls back to the split),
+    then with the cooperative path off rows split over programs (few rows) and the persistent
+    grid (many rows); on CPU the lowered thresholds of PATHS."""
     if device == "cuda":
-        return [({}, [(5, 1), (37, 1000), (9, 32768), (3, 50001), (600, 40000)])]
+        return [({}, [(5, 1), (37, 1000), (9, 32768), (3, 50001), (600, 40000),
+                      (2, 1 << 22)]),
+                ({"COOP_CHUNK": 8192, "COOP_PROGRAMS_PER_SM": 2}, [(300, 70001)]),
+                ({"COOP_PROGRAMS_PER_SM": 0}, [(3, 50001), (600, 40000)])]
     return [(PATHS[path], SHAPES) for path in PATHS]
 
 
@@ -533,7 +546,7 @@ def test_rows_every_dtype(device):
         finally:
             restore()
     ran = {k: v - before.get(k, 0) for k, v in _launch.PATHS.items()}
-    for key in ("softmax.single", "softmax.multi.split", "softmax.persistent",
+    for key in ("softmax.single", "softmax.coop", "softmax.multi.split", "softmax.persistent",
                 "sparsemax.single", "sparsemax.streamed"):
         assert ran.get(key, 0) > 0, f"path {key} did not run: {ran}"
 

@@ -77,21 +77,25 @@ def _configured(name: str, base: Impl, module: str, settings: dict) -> Impl:
 
 
 _LAUNCH = "softmaxlab.kernels.triton._launch"
-#: Multi-block schedules of the Triton softmax other than the defaults (persistent grid of 1
-#: program per SM with L2 eviction hints, rows split only below 1 program per SM).
-_MULTI_BLOCK = {"no L2 hints": {"EVICT_HINTS": False},
-                "2 programs/SM": {"PERSISTENT_PROGRAMS_PER_SM": 2},
-                "split to 4 programs/SM": {"PROGRAMS_PER_SM": 4},
-                "no persistent grid": {"PERSISTENT_PROGRAMS_PER_SM": 0}}
+_OFF = {"COOP_PROGRAMS_PER_SM": 0}
+#: Long-row schedules of the Triton softmax other than the default (the cooperative path: 1
+#: program per SM, chunks of 16384): its other settings, and the multi-block paths it
+#: replaced (persistent grid of 1 program per SM with L2 eviction hints, rows split only
+#: below 1 program per SM) and their alternatives.
+_MULTI_BLOCK = {"coop chunk 32768": {"COOP_CHUNK": 32768},
+                "coop, no prefetch": {"COOP_PREFETCH": False},
+                "multi-block": _OFF,
+                "multi-block, split to 4 programs/SM": {**_OFF, "PROGRAMS_PER_SM": 4}}
 
 
 def _softmax_variants(n: int) -> tuple[Impl, ...]:
     """The Triton softmax at other launch settings for rows of ``n``: the other side of the
-    single/multi-block threshold (32768) for 8192 <= n <= 65536, the other multi-block
-    schedules above it."""
+    single-block threshold (32768) for 8192 <= n <= 65536, the other long-row schedules
+    above it."""
     variants = {}
     if 8192 <= n <= 32768:
-        variants["multi-block"] = {"MAX_SINGLE_BLOCK": 1}
+        variants["coop"] = {"MAX_SINGLE_BLOCK": 1, "COOP_CHUNK": min(n, 8192)}
+        variants["multi-block"] = {"MAX_SINGLE_BLOCK": 1, **_OFF}
     if n == 65536:
         variants["single block"] = {"MAX_SINGLE_BLOCK": n}
     if n > 32768:

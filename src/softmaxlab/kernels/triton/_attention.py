@@ -72,10 +72,11 @@ MAPS = {"softmax": 0, "sparsemax": 1, "entmax15": 2, "sigmoid": 3, "softmax1": 0
 N_BISECT = 4
 
 
-def blocks() -> tuple[int, int]:
+def blocks(f64: bool = False) -> tuple[int, int]:
     """(BLOCK_M query rows, BLOCK_N keys) per tile: 16 under the interpreter (tiny tests
-    then cross tile boundaries), 64 on a GPU."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    then cross tile boundaries) and for float64 (its products are broadcast in registers),
+    64 on a GPU."""
+    if f64 or os.environ.get("TRITON_INTERPRET") == "1":
         return 16, 16
     return 64, 64
 
@@ -105,10 +106,23 @@ def _dropped(p, Seed, bh, rows, cols, R, S, thresh, inv_keep, DROPOUT: tl.conste
 
 @triton.jit
 def _mm(a, b, F64: tl.constexpr):
+    """``a @ b``: ``tl.dot`` in IEEE float32; in float64 a broadcast product summed (plain
+    float64 FMAs: Triton 3.6's float64 ``tl.dot`` does not compile for large K on sm_90 and
+    was seen off by float32 rounding on an H200 below that)."""
     if F64:
-        return tl.dot(a, b, input_precision="ieee", out_dtype=tl.float64)
+        return tl.sum(a[:, :, None] * b[None, :, :], 1)
     else:
         return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def _params(Params, scale, coef, inv_keep, F64: tl.constexpr):
+    """``(scale, coef, inv_keep)``: as passed (float32), or in float64 from ``Params``
+    (Triton passes a Python float as float32, which would round them in float64)."""
+    if F64:
+        return tl.load(Params), tl.load(Params + 1), tl.load(Params + 2)
+    else:
+        return scale, coef, inv_keep
 
 
 @triton.jit
@@ -291,13 +305,14 @@ def _query_program(Q, K, V, Mask, Hk, R, L, S, E, EV, msb, msh, BLOCK_M: tl.cons
 
 
 @triton.jit
-def _fwd(Q, K, V, Mask, Out, Stats, Seed, SinkR, Hk, R, L, S, E, EV, scale, coef, msb, msh,
+def _fwd(Q, K, V, Mask, Out, Stats, Seed, SinkR, Hk, R, L, S, E, EV, Params, scale, coef, msb, msh,
          msg, msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
          HAS_SINK: tl.constexpr,
          HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
          CAUSAL: tl.constexpr, WANT_STATS: tl.constexpr, N_BISECT: tl.constexpr,
          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
          BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr, F64: tl.constexpr):
+    scale, coef, inv_keep = _params(Params, scale, coef, inv_keep, F64)
     (rows, row_ok, rows_l, rows_g, Mask_bh, n_end, bh, K_bh, V_bh, _offs_e, offs_ev,
      q) = _query_program(Q, K, V, Mask, Hk, R, L, S, E, EV, msb, msh, BLOCK_M, BLOCK_E,
                          BLOCK_EV, CAUSAL)
@@ -372,13 +387,14 @@ def _fwd(Q, K, V, Mask, Out, Stats, Seed, SinkR, Hk, R, L, S, E, EV, scale, coef
 
 
 @triton.jit
-def _bwd_pre(Q, K, V, Mask, DO, Shift, Seed, SinkR, Hk, R, L, S, E, EV, scale, coef, msb, msh, msg,
-             msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
+def _bwd_pre(Q, K, V, Mask, DO, Shift, Seed, SinkR, Hk, R, L, S, E, EV, Params, scale, coef,
+             msb, msh, msg, msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
              HAS_SINK: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
              CAUSAL: tl.constexpr, N_BISECT: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr,
              BLOCK_EV: tl.constexpr, F64: tl.constexpr):
     """Per row ``Shift[row] = (m, z, Delta)``: ``z`` the log-sum (softmax) or ``tau``."""
+    scale, coef, inv_keep = _params(Params, scale, coef, inv_keep, F64)
     (rows, row_ok, rows_l, rows_g, Mask_bh, n_end, bh, K_bh, V_bh, _offs_e, offs_ev,
      q) = _query_program(Q, K, V, Mask, Hk, R, L, S, E, EV, msb, msh, BLOCK_M, BLOCK_E,
                          BLOCK_EV, CAUSAL)
@@ -434,13 +450,14 @@ def _grad_scores(s, m, z, delta, dp, coef, MAP: tl.constexpr):
 
 
 @triton.jit
-def _bwd_dkdv(Q, K, V, Mask, DO, Shift, DK, DV, Seed, SinkR, Hk, R, L, S, E, EV, scale, coef, msb,
-              msh, msg, msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr, MAP: tl.constexpr,
-              HAS_SINK: tl.constexpr, HAS_MASK: tl.constexpr,
+def _bwd_dkdv(Q, K, V, Mask, DO, Shift, DK, DV, Seed, SinkR, Hk, R, L, S, E, EV, Params, scale,
+              coef, msb, msh, msg, msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr,
+              MAP: tl.constexpr, HAS_SINK: tl.constexpr, HAS_MASK: tl.constexpr,
               MASK_BOOL: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
               BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
               F64: tl.constexpr):
     """One key block: ``dk``, ``dv`` accumulated over the query tiles that see it."""
+    scale, coef, inv_keep = _params(Params, scale, coef, inv_keep, F64)
     pid_bh = tl.program_id(0)  # axis 0: up to 2^31 - 1 programs
     pid_n = tl.program_id(1)
     bh = pid_bh.to(tl.int64)
@@ -479,7 +496,7 @@ def _bwd_dkdv(Q, K, V, Mask, DO, Shift, DK, DV, Seed, SinkR, Hk, R, L, S, E, EV,
 
 
 @triton.jit
-def _bwd_dq(Q, K, V, Mask, DO, Shift, DQ, DM, Seed, SinkR, Hk, R, L, S, E, EV, scale, coef,
+def _bwd_dq(Q, K, V, Mask, DO, Shift, DQ, DM, Seed, SinkR, Hk, R, L, S, E, EV, Params, scale, coef,
             msb, msh, msg, msl, mss, thresh, inv_keep, DROPOUT: tl.constexpr,
             MAP: tl.constexpr, HAS_SINK: tl.constexpr,
             HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
@@ -487,6 +504,7 @@ def _bwd_dq(Q, K, V, Mask, DO, Shift, DQ, DM, Seed, SinkR, Hk, R, L, S, E, EV, s
             BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_EV: tl.constexpr,
             F64: tl.constexpr):
     """One query tile: ``dq`` over the key blocks it sees (and ``ds`` into ``DM``)."""
+    scale, coef, inv_keep = _params(Params, scale, coef, inv_keep, F64)
     (rows, row_ok, rows_l, rows_g, Mask_bh, n_end, bh, K_bh, V_bh, offs_e, offs_ev,
      q) = _query_program(Q, K, V, Mask, Hk, R, L, S, E, EV, msb, msh, BLOCK_M, BLOCK_E,
                          BLOCK_EV, CAUSAL)
@@ -529,6 +547,15 @@ def _coef(norm) -> float:
     return 1.0 if norm.name == "sparsemax" else 0.5
 
 
+def _scalars(q, scale: float, norm, inv_keep: float) -> tuple:
+    """``(Params, scale, coef)`` of the kernels; ``Params`` holds (scale, :func:`_coef`,
+    inv_keep) in float64 for float64 inputs (else unused: ``q`` stands in)."""
+    coef = _coef(norm)
+    params = (torch.tensor([float(scale), coef, inv_keep], dtype=q.dtype, device=q.device)
+              if LA.is_f64(q) else q)
+    return params, float(scale), coef
+
+
 def _mask_args(mask: torch.Tensor | None, q: torch.Tensor):
     """``(pointer tensor, (msb, msh, msg, msl, mss), has, is_bool)``: strides 0 where the
     mask broadcasts."""
@@ -567,7 +594,7 @@ def _dropout_args(q, seed, dropout_p: float):
 def _common(q, k, v, mask, L: int, norm):
     B, Hk, R, E = q.shape
     S, EV = k.shape[-2], v.shape[-1]
-    bm, bn = blocks()
+    bm, bn = blocks(LA.is_f64(q))
     ptr, strides, has, is_bool = _mask_args(mask, q)
     consts = dict(MAP=MAPS[norm.name], HAS_MASK=has, MASK_BOOL=is_bool, BLOCK_M=bm,
                   BLOCK_N=bn, BLOCK_E=max(16, LA.next_pow2(E)),
@@ -589,7 +616,7 @@ def attention_forward(q, k, v, mask, sink, seed, causal: bool, L: int, scale: fl
     sink_ptr, has_sink = _sink_rows(sink, q, L)
     _fwd[(B * Hk, LA.cdiv(R, bm))](
         q, k, v, ptr, out, stats if want_stats else out, seed_ptr, sink_ptr, Hk, R, L, S, E, EV,
-        float(scale), _coef(norm), *st, thresh, inv_keep, DROPOUT=dropout,
+        *_scalars(q, scale, norm, inv_keep), *st, thresh, inv_keep, DROPOUT=dropout,
         HAS_SINK=has_sink, CAUSAL=bool(causal), WANT_STATS=bool(want_stats),
         N_BISECT=N_BISECT, **consts)
     return out, stats
@@ -616,8 +643,8 @@ def attention_backward(dout, q, k, v, mask, sink, seed, causal: bool, L: int, sc
         LA.PATHS[f"attention.backward.{norm.name}"] += 1
         seed_ptr, thresh, inv_keep, dropout = _dropout_args(q, seed, dropout_p)
         sink_ptr, has_sink = _sink_rows(sink, q, L)
-        scalars = (seed_ptr, sink_ptr, Hk, R, L, S, E, EV, float(scale), _coef(norm), *st,
-                   thresh, inv_keep)
+        scalars = (seed_ptr, sink_ptr, Hk, R, L, S, E, EV, *_scalars(q, scale, norm, inv_keep),
+                   *st, thresh, inv_keep)
         consts.update(DROPOUT=dropout, HAS_SINK=has_sink)
         if consts["MAP"] != MAPS["sigmoid"]:
             _bwd_pre[(B * Hk, LA.cdiv(R, bm))](

@@ -4,6 +4,14 @@ A row of ``n`` entries is processed either
 
 * by the **single-block** path: the whole row (or several short rows) in registers, one
   read and one write per entry, when ``n <= MAX_SINGLE_BLOCK``; or
+* by the **cooperative** path, for rows longer than that: ``n_chunks`` programs share a
+  row, each keeps one chunk of it in registers, publishes the chunk's partial state,
+  waits (a bounded spin on a per-row counter) until the row's other programs have done
+  the same, merges the states and writes its chunk: one read and one write per entry, as
+  for short rows. The grid is at most ``COOP_PROGRAMS_PER_SM`` programs per SM, so that a
+  row's programs run at the same time; a program whose partners do not arrive within
+  ``COOP_SPIN`` polls computes the row's state itself (a second read), so the result is
+  right whatever the scheduling; or
 * by the **multi-block** (online) path: the row is cut into ``n_chunks`` spans of whole
   ``TILE``-sized tiles, each program reduces its span to a partial ``(max, sum)`` state
   (Milakov & Gimelshein 2018), and the states are merged before the output is written
@@ -44,6 +52,14 @@ PERSISTENT_TILE = 8192
 #: L2 eviction hints of the persistent kernels: keep what the first pass reads, drop what
 #: the second pass reads and writes.
 EVICT_HINTS = True
+#: Programs per SM of the cooperative path (0: off; then long rows take the multi-block
+#: paths), chunks of up to ``COOP_CHUNK`` entries per program, and the polls a program waits
+#: for the other programs of its row before it computes the row's state itself.
+COOP_PROGRAMS_PER_SM = 1
+COOP_CHUNK = 16384
+COOP_SPIN = 1 << 14
+#: Load the next row's chunk while waiting for the other programs of this one.
+COOP_PREFETCH = True
 #: Upper bound on the chunks one row is split into (the partial states of a row are
 #: merged in one block of ``next_pow2(n_chunks)`` lanes).
 MAX_CHUNKS = 1024
@@ -99,6 +115,35 @@ def single_block(m: int, n: int) -> SingleBlock:
     block = next_pow2(max(n, 1))
     rows = max(1, min(MIN_TILE_ELEMS // block, next_pow2(m)))
     return SingleBlock(rows, block, (cdiv(m, rows),), warps(rows * block, SINGLE_PER_THREAD))
+
+
+@dataclass(frozen=True)
+class Coop:
+    """Rows cut into ``n_chunks`` chunks of ``chunk`` entries, one program each; ``grid``
+    programs in all, ``grid // n_chunks`` rows at a time."""
+
+    chunk: int
+    n_chunks: int
+    grid: tuple
+    block_c: int
+    num_warps: int
+    spin: int
+
+
+def coop(m: int, n: int, device: torch.device) -> Coop | None:
+    """The cooperative plan for ``m`` rows of ``n`` entries, or None when it is off or a row
+    needs more programs than may run at once."""
+    if not COOP_PROGRAMS_PER_SM:
+        return None
+    n_chunks = cdiv(max(n, 1), COOP_CHUNK)
+    chunk = next_pow2(cdiv(max(n, 1), n_chunks))
+    groups = min(m, COOP_PROGRAMS_PER_SM * sm_count(device) // n_chunks)
+    if groups < 1 or n_chunks > MAX_CHUNKS:
+        return None
+    # on the interpreter programs run one after another: no partner ever arrives later
+    spin = COOP_SPIN if device.type == "cuda" else 0
+    return Coop(chunk, n_chunks, (groups * n_chunks,), next_pow2(n_chunks),
+                warps(chunk, SINGLE_PER_THREAD), spin)
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,11 @@ r"""Softmax and log-softmax along the last dim in Triton, forward and backward, 
 
 Rows of up to :data:`~._launch.MAX_SINGLE_BLOCK` entries are handled in registers (one read,
 one write); longer rows by the online normalizer (Milakov & Gimelshein 2018): programs reduce
-spans of the row to partial states ``(m_c, d_c)``, merged as
+chunks or spans of the row to partial states ``(m_c, d_c)``, merged as
 :math:`(m, d) \oplus (m', d') = (M, d e^{m-M} + d' e^{m'-M})`, then each program writes its
-span. The backward passes are ``dz = s * p * (g - <g, p>)`` (softmax) and
+part: on the cooperative path from the chunk it kept in registers (the programs of a row
+meet at a per-row counter), on the multi-block paths by reading its span again. The
+backward passes are ``dz = s * p * (g - <g, p>)`` (softmax) and
 ``dz = s * (g - e^{y} \sum g)`` (log-softmax, 0 on excluded entries).
 
 The library's contract holds: ``-inf`` entries are excluded, a row with no kept entry gives
@@ -79,11 +81,13 @@ def _span_stats(x_row, start, end, scale, TILE: tl.constexpr, F64: tl.constexpr,
 
 
 @triton.jit
-def _merged_stats(Mp, Sp, row, n_chunks, BLOCK_C: tl.constexpr):
-    """Merge the ``n_chunks`` partial states of ``row``: returns (safe max, sum)."""
+def _merged_stats(Mp, Sp, row, n_chunks, BLOCK_C: tl.constexpr, VOLATILE: tl.constexpr):
+    """Merge the ``n_chunks`` partial states of ``row``: returns (safe max, sum).
+    ``VOLATILE``: states other programs of this launch wrote (no cached copy)."""
     c = tl.arange(0, BLOCK_C)
-    pm = tl.load(Mp + row * n_chunks + c, mask=c < n_chunks, other=-float("inf"))
-    ps = tl.load(Sp + row * n_chunks + c, mask=c < n_chunks, other=0.0)
+    pm = tl.load(Mp + row * n_chunks + c, mask=c < n_chunks, other=-float("inf"),
+                 volatile=VOLATILE)
+    ps = tl.load(Sp + row * n_chunks + c, mask=c < n_chunks, other=0.0, volatile=VOLATILE)
     m = tl.max(pm, 0)
     safe = tl.where(m == -float("inf"), 0.0, m)
     return safe, tl.sum(ps * tl.exp(pm - safe), 0)
@@ -117,7 +121,7 @@ def _fwd_apply(X, Y, Mp, Sp, n_cols, span, n_chunks, scale, LOG: tl.constexpr,
         m, s = _span_stats(x_row, 0, n_cols, scale, TILE, F64, "")
         m = tl.where(m == -float("inf"), 0.0, m)
     else:
-        m, s = _merged_stats(Mp, Sp, row, n_chunks, BLOCK_C)
+        m, s = _merged_stats(Mp, Sp, row, n_chunks, BLOCK_C, False)
     log_s = tl.log(s)
     inv_s = 1.0 / tl.where(s == 0, 1.0, s)
     cols = tl.arange(0, TILE)
@@ -129,6 +133,68 @@ def _fwd_apply(X, Y, Mp, Sp, n_cols, span, n_chunks, scale, LOG: tl.constexpr,
         else:
             y = tl.exp(x - m) * inv_s
         tl.store(Y + row * n_cols + idx, y.to(Y.dtype.element_ty), mask=idx < end)
+
+
+@triton.jit
+def _arrive(Cnt, row):
+    """Count this program in at ``Cnt[row]`` once its partial state is stored."""
+    tl.debug_barrier()  # every thread's store of the state happens before the release
+    tl.atomic_add(Cnt + row, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _all_arrived(Cnt, row, n_chunks, spin):
+    """Poll ``Cnt[row]`` (at most ``spin`` times) until the row's ``n_chunks`` programs have
+    all arrived; returns whether they did (else the caller computes the row's state
+    itself)."""
+    arrived = tl.atomic_add(Cnt + row, 0, sem="acquire", scope="gpu")
+    polls = 0
+    while (arrived < n_chunks) & (polls < spin):
+        arrived = tl.atomic_add(Cnt + row, 0, sem="acquire", scope="gpu")
+        polls += 1
+    return arrived >= n_chunks
+
+
+@triton.jit
+def _fwd_coop(X, Y, Mp, Sp, Cnt, n_rows, n_cols, n_chunks, scale, spin, LOG: tl.constexpr,
+              CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, TILE: tl.constexpr,
+              PREFETCH: tl.constexpr, F64: tl.constexpr):
+    """Cooperative: program ``pid`` keeps chunk ``pid % n_chunks`` of rows ``pid //
+    n_chunks``, then ``+ groups``, ...; per row it stores its chunk's state, meets the
+    row's other programs (:func:`_arrive`, :func:`_all_arrived`), merges and writes its
+    chunk. ``PREFETCH``: the next row's chunk is loaded while the program waits."""
+    pid = tl.program_id(0)
+    c = pid % n_chunks
+    group = pid // n_chunks
+    groups = tl.num_programs(0) // n_chunks
+    cols = c * CHUNK + tl.arange(0, CHUNK)
+    ok = cols < n_cols
+    if PREFETCH:
+        xr = tl.load(X + group.to(tl.int64) * n_cols + cols, mask=ok, other=-float("inf"))
+    for i in range(0, tl.cdiv(n_rows - group, groups)):
+        row = (group + i * groups).to(tl.int64)
+        if not PREFETCH:
+            xr = tl.load(X + row * n_cols + cols, mask=ok, other=-float("inf"))
+        x = _acc(xr, F64) * scale
+        mc = tl.max(x, 0)
+        tl.store(Mp + row * n_chunks + c, mc)
+        tl.store(Sp + row * n_chunks + c,
+                 tl.sum(tl.exp(x - tl.where(mc == -float("inf"), 0.0, mc)), 0))
+        _arrive(Cnt, row)
+        if PREFETCH:
+            nxt = row + groups
+            nxt_ok = cols < tl.where(nxt < n_rows, n_cols, 0)
+            xr = tl.load(X + nxt * n_cols + cols, mask=nxt_ok, other=-float("inf"))
+        if _all_arrived(Cnt, row, n_chunks, spin):
+            m, s = _merged_stats(Mp, Sp, row, n_chunks, BLOCK_C, True)
+        else:
+            m, s = _span_stats(X + row * n_cols, 0, n_cols, scale, TILE, F64, "")
+            m = tl.where(m == -float("inf"), 0.0, m)
+        if LOG:
+            y = tl.where(s == 0, -float("inf"), x - m - tl.log(s))
+        else:
+            y = tl.exp(x - m) / tl.where(s == 0, 1.0, s)
+        tl.store(Y + row * n_cols + cols, y.to(Y.dtype.element_ty), mask=ok)
 
 
 # ------------------------------------------------------------------ backward kernels
@@ -207,6 +273,55 @@ def _bwd_apply(Yp, G, DX, Dp, n_cols, span, n_chunks, scale, LOG: tl.constexpr,
             y = _acc(tl.load(y_row + idx, mask=idx < end, other=0.0), F64)
             dx = y * (g - dot)
         tl.store(DX + row * n_cols + idx, (dx * scale).to(DX.dtype.element_ty), mask=idx < end)
+
+
+@triton.jit
+def _bwd_coop(Yp, G, DX, Dp, Cnt, n_rows, n_cols, n_chunks, scale, spin, LOG: tl.constexpr,
+              CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, TILE: tl.constexpr,
+              PREFETCH: tl.constexpr, F64: tl.constexpr):
+    """Cooperative backward, as :func:`_fwd_coop`: the partial state is ``sum g`` (log) or
+    ``sum g * y`` over the chunk."""
+    pid = tl.program_id(0)
+    c = pid % n_chunks
+    group = pid // n_chunks
+    groups = tl.num_programs(0) // n_chunks
+    cols = c * CHUNK + tl.arange(0, CHUNK)
+    ok = cols < n_cols
+    if LOG:
+        y_other = -float("inf")
+    else:
+        y_other = 0.0
+    if PREFETCH:
+        gr = tl.load(G + group.to(tl.int64) * n_cols + cols, mask=ok, other=0.0)
+        yr = tl.load(Yp + group.to(tl.int64) * n_cols + cols, mask=ok, other=y_other)
+    for i in range(0, tl.cdiv(n_rows - group, groups)):
+        row = (group + i * groups).to(tl.int64)
+        if not PREFETCH:
+            gr = tl.load(G + row * n_cols + cols, mask=ok, other=0.0)
+            yr = tl.load(Yp + row * n_cols + cols, mask=ok, other=y_other)
+        g = _acc(gr, F64)
+        y = _acc(yr, F64)
+        if LOG:
+            tl.store(Dp + row * n_chunks + c, tl.sum(g, 0))
+        else:
+            tl.store(Dp + row * n_chunks + c, tl.sum(g * y, 0))
+        _arrive(Cnt, row)
+        if PREFETCH:
+            nxt = row + groups
+            nxt_ok = cols < tl.where(nxt < n_rows, n_cols, 0)
+            gr = tl.load(G + nxt * n_cols + cols, mask=nxt_ok, other=0.0)
+            yr = tl.load(Yp + nxt * n_cols + cols, mask=nxt_ok, other=y_other)
+        if _all_arrived(Cnt, row, n_chunks, spin):
+            cc = tl.arange(0, BLOCK_C)
+            dot = tl.sum(tl.load(Dp + row * n_chunks + cc, mask=cc < n_chunks, other=0.0,
+                                 volatile=True), 0)
+        else:
+            dot = _span_dot(Yp + row * n_cols, G + row * n_cols, 0, n_cols, LOG, TILE, F64, "")
+        if LOG:
+            dx = tl.where(y == -float("inf"), 0.0, g - tl.exp(y) * dot)
+        else:
+            dx = y * (g - dot)
+        tl.store(DX + row * n_cols + cols, (dx * scale).to(DX.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -295,6 +410,15 @@ def softmax_forward(x: torch.Tensor, scale: float, log: bool) -> torch.Tensor:
         _fwd_single[c.grid](x, y, m, n, scale, LOG=log, ROWS=c.rows, BLOCK=c.block, F64=f64,
                             num_warps=c.num_warps)
         return y
+    c = L.coop(m, n, x.device)
+    if c is not None:
+        L.PATHS["softmax.coop"] += 1
+        states = torch.empty((2, m, c.n_chunks), dtype=L.acc_dtype(x), device=x.device)
+        count = torch.zeros(m, dtype=torch.int32, device=x.device)
+        _fwd_coop[c.grid](x, y, states[0], states[1], count, m, n, c.n_chunks, scale, c.spin,
+                          LOG=log, CHUNK=c.chunk, BLOCK_C=c.block_c, TILE=min(L.TILE, c.chunk),
+                          PREFETCH=L.COOP_PREFETCH, F64=f64, num_warps=c.num_warps)
+        return y
     p = L.multi_block(m, n, x.device)
     self_stats = p.n_chunks == 1
     if self_stats and L.PERSISTENT_PROGRAMS_PER_SM:
@@ -330,6 +454,15 @@ def softmax_backward(y: torch.Tensor, g: torch.Tensor, scale: float, log: bool) 
         c = L.single_block(m, n)
         _bwd_single[c.grid](y, g, dx, m, n, scale, LOG=log, ROWS=c.rows, BLOCK=c.block, F64=f64,
                             num_warps=c.num_warps)
+        return dx
+    c = L.coop(m, n, y.device)
+    if c is not None:
+        L.PATHS["softmax_bwd.coop"] += 1
+        dp = torch.empty((m, c.n_chunks), dtype=L.acc_dtype(y), device=y.device)
+        count = torch.zeros(m, dtype=torch.int32, device=y.device)
+        _bwd_coop[c.grid](y, g, dx, dp, count, m, n, c.n_chunks, scale, c.spin, LOG=log,
+                          CHUNK=c.chunk, BLOCK_C=c.block_c, TILE=min(L.TILE, c.chunk),
+                          PREFETCH=L.COOP_PREFETCH, F64=f64, num_warps=c.num_warps)
         return dx
     p = L.multi_block(m, n, y.device)
     self_stats = p.n_chunks == 1
