@@ -1,14 +1,14 @@
-"""Long-row softmax on a CUDA GPU: the cooperative path against the multi-block paths it
-replaced, torch.softmax and the copy-bandwidth ceiling, in one short run.
+"""Long-row softmax on a CUDA GPU: the library's defaults, the cooperative path in both
+passes (with and without prefetching the next row, other chunk sizes), the multi-block paths,
+torch.softmax and the copy-bandwidth ceiling, in one short run.
 
     python benchmarks/gpu_long_rows.py [--out FILE.json]
 
-Per shape (2^27 entries, far larger than L2): a check against the float64 reference (fresh
-random rows with -inf entries, a NaN row and an all -inf row; every output element written),
-then forward and backward medians (``triton.testing.do_bench``) of the cooperative path
-(default settings and alternatives), the multi-block paths (``COOP_PROGRAMS_PER_SM = 0``) and
-torch; GB/s counts one read and one write forward, two reads and one write backward. The
-full comparison with peers is ``softmaxlab bench --suite gpu``; this script is the quick one.
+Per shape (2^27 entries, far larger than L2): a check of every variant against the float64
+reference (fresh random rows with -inf entries, a NaN row and an all -inf row), then forward
+and backward medians (``triton.testing.do_bench``); GB/s counts one read and one write
+forward, two reads and one write backward. The full comparison with peers is ``softmaxlab
+bench --suite gpu``; this script is the quick one.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from softmaxlab.kernels.triton import _launch as L
 from softmaxlab.kernels.triton import _softmax as S
 
 DEVICE = "cuda"
-VARIANTS = {"coop": {}, "coop no prefetch": {"COOP_PREFETCH": False},
-            "coop 32768": {"COOP_CHUNK": 32768},
-            "coop 32768 no prefetch": {"COOP_CHUNK": 32768, "COOP_PREFETCH": False},
-            "coop 8192": {"COOP_CHUNK": 8192}, "multi-block": {"COOP_PROGRAMS_PER_SM": 0}}
+_COOP = {"COOP_FORWARD": True, "COOP_MIN_ITEMSIZE": 0}
+VARIANTS = {"default": {}, "coop": _COOP, "coop prefetch": {**_COOP, "COOP_PREFETCH": True},
+            "coop 32768": {**_COOP, "COOP_CHUNK": 32768},
+            "coop 32768 prefetch": {**_COOP, "COOP_CHUNK": 32768, "COOP_PREFETCH": True},
+            "coop 8192 prefetch": {**_COOP, "COOP_CHUNK": 8192, "COOP_PREFETCH": True},
+            "multi-block": {"COOP_PROGRAMS_PER_SM": 0}}
 SHAPES = [(torch.float32, n) for n in (32768, 65536, 131072, 262144, 1 << 20)] + [
     (torch.bfloat16, n) for n in (65536, 262144)]
 

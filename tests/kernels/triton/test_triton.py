@@ -101,7 +101,8 @@ def _config(**kw):
 #: Path name -> launch settings (the single path uses the defaults).
 PATHS = {
     "single": {},
-    "coop": dict(MAX_SINGLE_BLOCK=8, TILE=4, COOP_CHUNK=4, COOP_PROGRAMS_PER_SM=4),
+    "coop": dict(MAX_SINGLE_BLOCK=8, TILE=4, COOP_CHUNK=4, COOP_PROGRAMS_PER_SM=4,
+                 COOP_FORWARD=True, COOP_MIN_ITEMSIZE=0),
     "split": dict(MAX_SINGLE_BLOCK=8, TILE=4, PROGRAMS_PER_SM=4, COOP_PROGRAMS_PER_SM=0),
     "fused": dict(MAX_SINGLE_BLOCK=8, TILE=4, PROGRAMS_PER_SM=0, PERSISTENT_PROGRAMS_PER_SM=0,
                   COOP_PROGRAMS_PER_SM=0),
@@ -195,7 +196,7 @@ def test_threshold_boundary():
     for coop, prefetch, long_path in ((4, True, "softmax.coop"), (4, False, "softmax.coop"),
                                       (0, True, "softmax.multi.split")):
         restore = _config(MAX_SINGLE_BLOCK=16, TILE=4, COOP_CHUNK=4, COOP_PROGRAMS_PER_SM=coop,
-                          COOP_PREFETCH=prefetch)
+                          COOP_PREFETCH=prefetch, COOP_FORWARD=True)
         try:
             before = dict(_launch.PATHS)
             for op in ("softmax", "log_softmax", "sparsemax"):
@@ -514,9 +515,11 @@ def _row_plans(device):
     then with the cooperative path off rows split over programs (few rows) and the persistent
     grid (many rows); on CPU the lowered thresholds of PATHS."""
     if device == "cuda":
-        return [({}, [(5, 1), (37, 1000), (9, 32768), (3, 50001), (600, 40000),
-                      (2, 1 << 22)]),
-                ({"COOP_CHUNK": 8192, "COOP_PROGRAMS_PER_SM": 2}, [(300, 70001)]),
+        coop = {"COOP_FORWARD": True, "COOP_MIN_ITEMSIZE": 0}
+        return [({}, [(5, 1), (37, 1000), (9, 32768), (3, 50001), (600, 40000)]),
+                ({**coop}, [(3, 50001), (600, 40000), (2, 1 << 22)]),
+                ({**coop, "COOP_PREFETCH": True}, [(3, 50001), (600, 40000)]),
+                ({**coop, "COOP_CHUNK": 8192, "COOP_PROGRAMS_PER_SM": 2}, [(300, 70001)]),
                 ({"COOP_PROGRAMS_PER_SM": 0}, [(3, 50001), (600, 40000)])]
     return [(PATHS[path], SHAPES) for path in PATHS]
 

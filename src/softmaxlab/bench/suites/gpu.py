@@ -78,12 +78,16 @@ def _configured(name: str, base: Impl, module: str, settings: dict) -> Impl:
 
 _LAUNCH = "softmaxlab.kernels.triton._launch"
 _OFF = {"COOP_PROGRAMS_PER_SM": 0}
-#: Long-row schedules of the Triton softmax other than the default (the cooperative path: 1
-#: program per SM, chunks of 16384): its other settings, and the multi-block paths it
-#: replaced (persistent grid of 1 program per SM with L2 eviction hints, rows split only
-#: below 1 program per SM) and their alternatives.
-_MULTI_BLOCK = {"coop chunk 32768": {"COOP_CHUNK": 32768},
-                "coop, no prefetch": {"COOP_PREFETCH": False},
+_COOP = {"COOP_FORWARD": True, "COOP_MIN_ITEMSIZE": 0}
+#: Long-row schedules of the Triton softmax other than the defaults (float32 backward on the
+#: cooperative path, 1 program per SM, chunks of 16384; the rest on the multi-block paths:
+#: persistent grid of 1 program per SM with L2 eviction hints, rows split only below 1
+#: program per SM): the cooperative path in both passes and every dtype, with other chunks
+#: and prefetching, and the multi-block paths alone and split further.
+_MULTI_BLOCK = {"coop": _COOP,
+                "coop, prefetch": {**_COOP, "COOP_PREFETCH": True},
+                "coop chunk 32768": {**_COOP, "COOP_CHUNK": 32768},
+                "coop chunk 32768, prefetch": {**_COOP, "COOP_CHUNK": 32768, "COOP_PREFETCH": True},
                 "multi-block": _OFF,
                 "multi-block, split to 4 programs/SM": {**_OFF, "PROGRAMS_PER_SM": 4}}
 
@@ -94,7 +98,7 @@ def _softmax_variants(n: int) -> tuple[Impl, ...]:
     above it."""
     variants = {}
     if 8192 <= n <= 32768:
-        variants["coop"] = {"MAX_SINGLE_BLOCK": 1, "COOP_CHUNK": min(n, 8192)}
+        variants["coop"] = {**_COOP, "MAX_SINGLE_BLOCK": 1, "COOP_CHUNK": min(n, 8192)}
         variants["multi-block"] = {"MAX_SINGLE_BLOCK": 1, **_OFF}
     if n == 65536:
         variants["single block"] = {"MAX_SINGLE_BLOCK": n}

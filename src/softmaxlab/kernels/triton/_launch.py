@@ -58,8 +58,16 @@ EVICT_HINTS = True
 COOP_PROGRAMS_PER_SM = 1
 COOP_CHUNK = 16384
 COOP_SPIN = 1 << 14
-#: Load the next row's chunk while waiting for the other programs of this one.
-COOP_PREFETCH = True
+#: Load the next row's chunk while waiting for the other programs of this one (not yet
+#: measured on a GPU, so off).
+COOP_PREFETCH = False
+#: Which passes take the cooperative path, and from which entry size: measured on an H200
+#: (benchmarks/results/gpu-h200-notes.md), the backward of float32 rows of 65536-1M entries
+#: reached 65-78% of copy bandwidth against 61-72% for the multi-block paths, but the
+#: forward (no prefetch) 45-60% against 58-69%, and bfloat16 backward at 65536 66% against 80%.
+COOP_FORWARD = False
+COOP_BACKWARD = True
+COOP_MIN_ITEMSIZE = 4
 #: Upper bound on the chunks one row is split into (the partial states of a row are
 #: merged in one block of ``next_pow2(n_chunks)`` lanes).
 MAX_CHUNKS = 1024
@@ -130,10 +138,13 @@ class Coop:
     spin: int
 
 
-def coop(m: int, n: int, device: torch.device) -> Coop | None:
-    """The cooperative plan for ``m`` rows of ``n`` entries, or None when it is off or a row
-    needs more programs than may run at once."""
-    if not COOP_PROGRAMS_PER_SM:
+def coop(m: int, n: int, x: torch.Tensor, backward: bool) -> Coop | None:
+    """The cooperative plan for ``m`` rows of ``n`` entries of ``x``'s dtype in the forward or
+    backward pass, or None when it is off for them or a row needs more programs than may run
+    at once."""
+    device = x.device
+    if (not COOP_PROGRAMS_PER_SM or not (COOP_BACKWARD if backward else COOP_FORWARD)
+            or x.element_size() < COOP_MIN_ITEMSIZE):
         return None
     n_chunks = cdiv(max(n, 1), COOP_CHUNK)
     chunk = next_pow2(cdiv(max(n, 1), n_chunks))

@@ -410,7 +410,7 @@ def softmax_forward(x: torch.Tensor, scale: float, log: bool) -> torch.Tensor:
         _fwd_single[c.grid](x, y, m, n, scale, LOG=log, ROWS=c.rows, BLOCK=c.block, F64=f64,
                             num_warps=c.num_warps)
         return y
-    c = L.coop(m, n, x.device)
+    c = L.coop(m, n, x, backward=False)
     if c is not None:
         L.PATHS["softmax.coop"] += 1
         states = torch.empty((2, m, c.n_chunks), dtype=L.acc_dtype(x), device=x.device)
@@ -455,7 +455,7 @@ def softmax_backward(y: torch.Tensor, g: torch.Tensor, scale: float, log: bool) 
         _bwd_single[c.grid](y, g, dx, m, n, scale, LOG=log, ROWS=c.rows, BLOCK=c.block, F64=f64,
                             num_warps=c.num_warps)
         return dx
-    c = L.coop(m, n, y.device)
+    c = L.coop(m, n, y, backward=True)
     if c is not None:
         L.PATHS["softmax_bwd.coop"] += 1
         dp = torch.empty((m, c.n_chunks), dtype=L.acc_dtype(y), device=y.device)
