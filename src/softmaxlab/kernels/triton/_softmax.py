@@ -156,6 +156,16 @@ def _all_arrived(Cnt, row, n_chunks, spin):
 
 
 @triton.jit
+def _coop_program(n_cols, n_chunks, CHUNK: tl.constexpr):
+    """This program's ``(chunk c, first row, row step, columns, column mask)`` on the
+    cooperative path: chunk ``pid % n_chunks`` of rows ``pid // n_chunks + k * groups``."""
+    pid = tl.program_id(0)
+    c = pid % n_chunks
+    cols = c * CHUNK + tl.arange(0, CHUNK)
+    return c, pid // n_chunks, tl.num_programs(0) // n_chunks, cols, cols < n_cols
+
+
+@triton.jit
 def _fwd_coop(X, Y, Mp, Sp, Cnt, n_rows, n_cols, n_chunks, scale, spin, LOG: tl.constexpr,
               CHUNK: tl.constexpr, BLOCK_C: tl.constexpr, TILE: tl.constexpr,
               PREFETCH: tl.constexpr, F64: tl.constexpr):
@@ -163,12 +173,7 @@ def _fwd_coop(X, Y, Mp, Sp, Cnt, n_rows, n_cols, n_chunks, scale, spin, LOG: tl.
     n_chunks``, then ``+ groups``, ...; per row it stores its chunk's state, meets the
     row's other programs (:func:`_arrive`, :func:`_all_arrived`), merges and writes its
     chunk. ``PREFETCH``: the next row's chunk is loaded while the program waits."""
-    pid = tl.program_id(0)
-    c = pid % n_chunks
-    group = pid // n_chunks
-    groups = tl.num_programs(0) // n_chunks
-    cols = c * CHUNK + tl.arange(0, CHUNK)
-    ok = cols < n_cols
+    c, group, groups, cols, ok = _coop_program(n_cols, n_chunks, CHUNK)
     if PREFETCH:
         xr = tl.load(X + group.to(tl.int64) * n_cols + cols, mask=ok, other=-float("inf"))
     for i in range(0, tl.cdiv(n_rows - group, groups)):
@@ -281,12 +286,7 @@ def _bwd_coop(Yp, G, DX, Dp, Cnt, n_rows, n_cols, n_chunks, scale, spin, LOG: tl
               PREFETCH: tl.constexpr, F64: tl.constexpr):
     """Cooperative backward, as :func:`_fwd_coop`: the partial state is ``sum g`` (log) or
     ``sum g * y`` over the chunk."""
-    pid = tl.program_id(0)
-    c = pid % n_chunks
-    group = pid // n_chunks
-    groups = tl.num_programs(0) // n_chunks
-    cols = c * CHUNK + tl.arange(0, CHUNK)
-    ok = cols < n_cols
+    c, group, groups, cols, ok = _coop_program(n_cols, n_chunks, CHUNK)
     if LOG:
         y_other = -float("inf")
     else:
