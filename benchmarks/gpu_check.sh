@@ -3,7 +3,12 @@
 # on CUDA, benchmarks/gpu_long_rows.py and `softmaxlab bench --suite gpu` (or its --quick
 # form), each under a time limit (SIGINT: the bench saves what it measured). Logs and JSON go
 # to $OUT (default benchmarks/results/gpu-run). Peer packages (liger-kernel,
-# cut-cross-entropy, entmax) are found in ./.peers when they are not installed.
+# cut-cross-entropy, entmax) are found in ./.peers when they are not installed: pure-Python
+# sources, e.g. from git clones of linkedin/Liger-Kernel, apple/ml-cross-entropy and
+# deep-spin/entmax: `git -C LIGER archive HEAD src/liger_kernel | tar -x -C .peers
+# --strip-components=1`, `git -C CCE archive HEAD cut_cross_entropy | tar -x -C .peers`,
+# `git -C ENTMAX archive HEAD entmax | tar -x -C .peers` (keep .peers out of git, e.g. in
+# .git/info/exclude, and carry it to the device machine).
 #
 #   benchmarks/gpu_check.sh [tests] [long] [quick|bench]     (default: tests long bench)
 set -u
