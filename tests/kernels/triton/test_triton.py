@@ -189,6 +189,33 @@ def test_sparsemax_streamed_f64():
     _run_on_path("split", lambda: _compare_f64("sparsemax", SHAPES, 30))
 
 
+def test_coop_plan():
+    """The cooperative plan: the backward of float32/float64 rows only (the defaults the H200
+    run chose), never more programs than ``COOP_PROGRAMS_PER_SM`` per SM, chunks of at most
+    ``COOP_CHUNK`` covering the row, and no plan when one row needs more programs than that."""
+    sms = _launch.sm_count(torch.device("cpu"))
+    for dtype in (torch.float32, torch.float64):
+        x = torch.empty(0, dtype=dtype)
+        p = _launch.coop(1000, 3 * _launch.COOP_CHUNK - 5, x, backward=True)
+        assert p is not None and p.n_chunks == 3 and p.chunk == _launch.COOP_CHUNK
+        assert p.grid[0] % 3 == 0 and p.grid[0] <= _launch.COOP_PROGRAMS_PER_SM * sms
+        assert p.block_c == 4 and p.chunk * p.n_chunks >= 3 * _launch.COOP_CHUNK - 5
+        assert _launch.coop(1000, 3 * _launch.COOP_CHUNK, x, backward=False) is None
+        groups = min(2, _launch.COOP_PROGRAMS_PER_SM * sms // 3)  # rows at a time
+        assert _launch.coop(2, 3 * _launch.COOP_CHUNK, x, backward=True).grid == (3 * groups,)
+        too_long = (_launch.COOP_PROGRAMS_PER_SM * sms + 1) * _launch.COOP_CHUNK
+        assert _launch.coop(1, too_long, x, backward=True) is None
+    assert _launch.coop(1000, 3 * _launch.COOP_CHUNK, torch.empty(0, dtype=torch.bfloat16),
+                        backward=True) is None
+    restore = _config(COOP_FORWARD=True, COOP_MIN_ITEMSIZE=0, COOP_PROGRAMS_PER_SM=2)
+    try:
+        x = torch.empty(0, dtype=torch.bfloat16)
+        p = _launch.coop(1000, 2 * _launch.COOP_CHUNK, x, backward=False)
+        assert p is not None and p.grid == (2 * sms,) and p.spin == 0  # interpreter: no wait
+    finally:
+        restore()
+
+
 @interpreter_only
 def test_threshold_boundary():
     """Rows of 15, 16, 17 entries with MAX_SINGLE_BLOCK=16: both sides of the dispatch, with
