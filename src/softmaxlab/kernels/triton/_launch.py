@@ -11,7 +11,9 @@ A row of ``n`` entries is processed either
   for short rows. The grid is at most ``COOP_PROGRAMS_PER_SM`` programs per SM, so that a
   row's programs run at the same time; a program whose partners do not arrive within
   ``COOP_SPIN`` polls computes the row's state itself (a second read), so the result is
-  right whatever the scheduling; or
+  right whatever the scheduling. By default only the backward of float32/float64 rows
+  takes it (``COOP_FORWARD``, ``COOP_BACKWARD``, ``COOP_MIN_ITEMSIZE``: where an H200 run
+  measured it faster); or
 * by the **multi-block** (online) path: the row is cut into ``n_chunks`` spans of whole
   ``TILE``-sized tiles, each program reduces its span to a partial ``(max, sum)`` state
   (Milakov & Gimelshein 2018), and the states are merged before the output is written
@@ -20,7 +22,7 @@ A row of ``n`` entries is processed either
   eviction hints so that it re-reads from L2 ("persistent").
 
 The thresholds are module attributes so that tests can lower them and drive the
-multi-block path with tiny rows; :data:`PATHS` counts the paths taken.
+cooperative and multi-block paths with tiny rows; :data:`PATHS` counts the paths taken.
 """
 
 from __future__ import annotations
