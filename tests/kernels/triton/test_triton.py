@@ -83,7 +83,8 @@ interpreter_only = pytest.mark.skipif(
 def _config(**kw):
     """Set ``softmaxlab.kernels.triton._launch`` (and ``linear_ce``) attributes; returns a
     function that restores them."""
-    mods = {"VOCAB_ALIGN": linear_ce, "TILE_LCE": linear_ce, "TAIL_COLUMNS": linear_ce}
+    mods = {"VOCAB_ALIGN": linear_ce, "TILE_LCE": linear_ce, "TAIL_COLUMNS": linear_ce,
+            "BORROW_ROWS": linear_ce}
     old = {}
     for k, v in kw.items():
         mod = mods.get(k, _launch)
@@ -444,7 +445,9 @@ def test_linear_cross_entropy_low_precision():
     cases = [((12, 13, 16), {}, {}), ((12, 13, 16), {"VOCAB_ALIGN": 4, "TILE_LCE": 4},
                                       {"chunk_size": 2}),
              ((4, 37, 6), {"VOCAB_ALIGN": 4, "TILE_LCE": 4}, {"chunk_size": 2}),
-             ((4, 37, 6), {"VOCAB_ALIGN": 4, "TILE_LCE": 4}, {"chunk_size": 1})]
+             ((4, 37, 6), {"VOCAB_ALIGN": 4, "TILE_LCE": 4}, {"chunk_size": 1}),
+             ((4, 37, 6), {"VOCAB_ALIGN": 4, "TILE_LCE": 4, "BORROW_ROWS": False},
+              {"chunk_size": 1})]
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for (n, v, d), settings, kw in cases:
             restore = _config(**settings)
@@ -469,7 +472,8 @@ def test_linear_cross_entropy_low_precision():
                         f"lce {dtype} grad {name}: {e} vs naive {en}")
             finally:
                 restore()
-    # (4, 37, 6) in fp16/bf16: grad_h accumulated inside the unwritten rows of grad_W
+    # (4, 37, 6) in fp16/bf16: grad_h accumulated inside the unwritten rows of grad_W (not
+    # with BORROW_ROWS off)
     assert _launch.PATHS["linear_ce.borrowed"] - before == 4, dict(_launch.PATHS)
 
 

@@ -1,11 +1,12 @@
 """The ``gpu`` suite (CUDA only): softmax fwd/bwd on 2^27 entries, float32 rows of 1024..1M
 entries and bfloat16 rows of 4096..262144, against copy bandwidth, torch and
 ``liger-kernel``, with the Triton launch settings' alternatives (the other side of the
-single/multi-block threshold, other multi-block schedules); log_softmax; softmax_topk
-(float32, bfloat16) with the reference algorithm (topk + logsumexp) and torch.topk alone;
-sparsemax (single-block and streamed rows) vs ``entmax`` and Liger; linear cross-entropy at
-N=8192, d=4096, V=128256 in bfloat16 vs ``liger-kernel`` (bf16 and fp32 accumulation) and
-``cut-cross-entropy`` (default and exact), with other chunk budgets.
+single-block threshold, the cooperative and multi-block long-row schedules); log_softmax;
+softmax_topk (float32, bfloat16) with the reference algorithm (topk + logsumexp) and
+torch.topk alone; sparsemax (single-block and streamed rows) vs ``entmax`` and Liger; linear
+cross-entropy at N=8192, d=4096, V=128256 in bfloat16 vs ``liger-kernel`` (bf16 and fp32
+accumulation) and ``cut-cross-entropy`` (default and exact), with other chunk budgets and
+without the grad_h accumulator kept in grad_W's last rows.
 """
 
 from __future__ import annotations
@@ -161,8 +162,10 @@ def gpu_suite(quick: bool) -> list[Case]:
                             ()))
     shape = (4096, 1024, 32768) if quick else (8192, 4096, 128256)
     lce = "softmaxlab.kernels.triton._linear_ce"
-    budgets = tuple(_configured(f"budget 2^{b}", Impl("softmaxlab", linear_candidate), lce,
-                                {"CHUNK_ELEMENTS": 1 << b}) for b in (23, 25))
+    settings = {**{f"budget 2^{b}": {"CHUNK_ELEMENTS": 1 << b} for b in (23, 25)},
+                "no borrowed rows": {"BORROW_ROWS": False}}
+    budgets = tuple(_configured(k, Impl("softmaxlab", linear_candidate), lce, v)
+                    for k, v in settings.items())
     liger_fp32 = Impl("liger fp32 accum", liger_flce(accum_dtype=torch.float32),
                       package="liger_kernel", dist="liger-kernel",
                       note="LigerFusedLinearCrossEntropyLoss, accum_dtype=float32")

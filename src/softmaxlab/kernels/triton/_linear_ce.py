@@ -71,6 +71,9 @@ TILE = 2048
 #: Columns per chunk of the last grad_W rows, whose logits have no unwritten rows left to
 #: live in (see :func:`_fill_borrowed_rows`): ``N * TAIL_COLUMNS`` float32 logits.
 TAIL_COLUMNS = 16
+#: Keep the float32 grad_h accumulator of fp16/bf16 inputs in the last rows of grad_W (off:
+#: a tensor of its own, ``N d 4`` bytes more, no recomputed rows).
+BORROW_ROWS = True
 
 
 @triton.jit
@@ -277,7 +280,7 @@ def _grad_chunk(h, w, b, t, cw, lse, cp, ct, rs, opts, chunk, buf, gh, gw, gb, r
 
 def _borrowed_rows(n: int, v: int, d: int, h: torch.Tensor, w: torch.Tensor, rows: int) -> int:
     """Rows at the end of grad_W that can hold the float32 grad_h accumulator (0: none)."""
-    if L.acc_dtype(h) == h.dtype or d % 2 or rows < n:
+    if not BORROW_ROWS or L.acc_dtype(h) == h.dtype or d % 2 or rows < n:
         return 0
     tail = L.cdiv(n * d * 4, d * w.element_size())
     return tail if tail <= v // 2 else 0
