@@ -153,6 +153,22 @@ def test_matches_the_oracle(device, name, config):
         assert_close(back, p, tol, "p from the threshold")
 
 
+@pytest.mark.parametrize("config", ["causal-long-queries", "gqa"])
+@pytest.mark.parametrize("name", ["softmax", "entmax15"])
+def test_float64_tiles_of_8(device, name, config, monkeypatch):
+    """The 8 x 8 tiles float64 takes on a GPU for head dims above 64 (the broadcast products
+    stay in registers): values and gradients still match the oracle."""
+    monkeypatch.setattr(_attention, "blocks", lambda f64=False, head_dim=0: (8, 8))
+    q, k, v, kw = make(config, F64, device, gen("triton-attention-8", name, config))
+    out, _st, grads, w = _run(q, k, v, kw, name, {})
+    leaves, okw = _oracle_inputs(q, k, v, kw)
+    exp, _p = oracle.attention(*leaves[:3], **okw, mapping=name)
+    want = torch.autograd.grad((exp * w.double()).sum(), leaves)
+    assert_close(out, exp, ATTENTION[F64], f"{name} {config} value")
+    for a, e, n in zip(grads, want, "qkv", strict=True):
+        assert_close(a, e, ATTENTION[F64], f"{name} {config} d{n}")
+
+
 @pytest.mark.parametrize("config", ["bool-mask", "gqa"])
 @pytest.mark.parametrize("name", MAPPINGS)
 def test_float32_matches_the_float64_oracle(device, name, config):

@@ -72,12 +72,15 @@ MAPS = {"softmax": 0, "sparsemax": 1, "entmax15": 2, "sigmoid": 3, "softmax1": 0
 N_BISECT = 4
 
 
-def blocks(f64: bool = False) -> tuple[int, int]:
+def blocks(f64: bool = False, head_dim: int = 0) -> tuple[int, int]:
     """(BLOCK_M query rows, BLOCK_N keys) per tile: 16 under the interpreter (tiny tests
-    then cross tile boundaries) and for float64 (its products are broadcast in registers),
-    64 on a GPU."""
-    if f64 or os.environ.get("TRITON_INTERPRET") == "1":
+    then cross tile boundaries); on a GPU 64, or for float64 (its products are broadcast in
+    registers, ``BLOCK_M x head_dim x BLOCK_N``) 16, and 8 for head dims above 64."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
         return 16, 16
+    if f64:
+        side = 16 if head_dim <= 64 else 8
+        return side, side
     return 64, 64
 
 
@@ -594,7 +597,7 @@ def _dropout_args(q, seed, dropout_p: float):
 def _common(q, k, v, mask, L: int, norm):
     B, Hk, R, E = q.shape
     S, EV = k.shape[-2], v.shape[-1]
-    bm, bn = blocks(LA.is_f64(q))
+    bm, bn = blocks(LA.is_f64(q), max(E, EV))
     ptr, strides, has, is_bool = _mask_args(mask, q)
     consts = dict(MAP=MAPS[norm.name], HAS_MASK=has, MASK_BOOL=is_bool, BLOCK_M=bm,
                   BLOCK_N=bn, BLOCK_E=max(16, LA.next_pow2(E)),
