@@ -127,6 +127,17 @@ def _run(q, k, v, kw, name, params, **extra):
     return out, st, grads, w
 
 
+def _assert_matches_oracle(q, k, v, kw, name, tol, what):
+    """The kernel's value and q, k, v gradients against the float64 oracle, within ``tol``."""
+    out, _st, grads, w = _run(q, k, v, kw, name, {})
+    leaves, okw = _oracle_inputs(q, k, v, kw)
+    exp, _p = oracle.attention(*leaves[:3], **okw, mapping=name)
+    want = torch.autograd.grad((exp * w.double()).sum(), leaves)
+    assert_close(out, exp, tol, f"{what} value")
+    for a, e, n in zip(grads, want, "qkv", strict=True):
+        assert_close(a, e, tol, f"{what} d{n}")
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("name", MAPPINGS)
 def test_matches_the_oracle(device, name, config):
@@ -160,26 +171,14 @@ def test_float64_tiles_of_8(device, name, config, monkeypatch):
     stay in registers): values and gradients still match the oracle."""
     monkeypatch.setattr(_attention, "blocks", lambda f64=False, head_dim=0: (8, 8))
     q, k, v, kw = make(config, F64, device, gen("triton-attention-8", name, config))
-    out, _st, grads, w = _run(q, k, v, kw, name, {})
-    leaves, okw = _oracle_inputs(q, k, v, kw)
-    exp, _p = oracle.attention(*leaves[:3], **okw, mapping=name)
-    want = torch.autograd.grad((exp * w.double()).sum(), leaves)
-    assert_close(out, exp, ATTENTION[F64], f"{name} {config} value")
-    for a, e, n in zip(grads, want, "qkv", strict=True):
-        assert_close(a, e, ATTENTION[F64], f"{name} {config} d{n}")
+    _assert_matches_oracle(q, k, v, kw, name, ATTENTION[F64], f"{name} {config}")
 
 
 @pytest.mark.parametrize("config", ["bool-mask", "gqa"])
 @pytest.mark.parametrize("name", MAPPINGS)
 def test_float32_matches_the_float64_oracle(device, name, config):
     q, k, v, kw = make(config, F32, device, gen("triton-attention-f32", name, config))
-    out, _st, grads, w = _run(q, k, v, kw, name, {})
-    leaves, okw = _oracle_inputs(q, k, v, kw)
-    exp, _p = oracle.attention(*leaves[:3], **okw, mapping=name)
-    want = torch.autograd.grad((exp * w.double()).sum(), leaves)
-    assert_close(out, exp, ATTENTION[F32], f"{name} {config} value")
-    for a, e, n in zip(grads, want, "qkv", strict=True):
-        assert_close(a, e, ATTENTION[F32], f"{name} {config} d{n}")
+    _assert_matches_oracle(q, k, v, kw, name, ATTENTION[F32], f"{name} {config}")
 
 
 @pytest.mark.parametrize("name, params", [("softmax", {"temperature": 0.5}),

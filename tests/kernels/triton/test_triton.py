@@ -212,7 +212,7 @@ def test_coop_plan():
     try:
         x = torch.empty(0, dtype=torch.bfloat16)
         p = _launch.coop(1000, 2 * _launch.COOP_CHUNK, x, backward=False)
-        assert p is not None and p.grid == (2 * sms,) and p.spin == 0  # interpreter: no wait
+        assert p is not None and p.grid == (2 * sms,) and p.spin == 0  # CPU: interpreter, no wait
     finally:
         restore()
 

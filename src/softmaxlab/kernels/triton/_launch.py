@@ -130,7 +130,8 @@ def single_block(m: int, n: int) -> SingleBlock:
 @dataclass(frozen=True)
 class Coop:
     """Rows cut into ``n_chunks`` chunks of ``chunk`` entries, one program each; ``grid``
-    programs in all, ``grid // n_chunks`` rows at a time."""
+    programs in all, ``grid // n_chunks`` rows at a time; ``tile``: the loop tile of a
+    program that reads the whole row itself (its partners late)."""
 
     chunk: int
     n_chunks: int
@@ -138,6 +139,7 @@ class Coop:
     block_c: int
     num_warps: int
     spin: int
+    tile: int
 
 
 def coop(m: int, n: int, x: torch.Tensor, backward: bool) -> Coop | None:
@@ -156,7 +158,7 @@ def coop(m: int, n: int, x: torch.Tensor, backward: bool) -> Coop | None:
     # on the interpreter programs run one after another: no partner ever arrives later
     spin = COOP_SPIN if device.type == "cuda" else 0
     return Coop(chunk, n_chunks, (groups * n_chunks,), next_pow2(n_chunks),
-                warps(chunk, SINGLE_PER_THREAD), spin)
+                warps(chunk, SINGLE_PER_THREAD), spin, min(TILE, chunk))
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,13 @@ def _span_stats(x_row, start, end, scale, TILE: tl.constexpr, F64: tl.constexpr,
 
 
 @triton.jit
+def _row_state(x_row, n_cols, scale, TILE: tl.constexpr, F64: tl.constexpr, EVICT: tl.constexpr):
+    """The whole row's state read by this program alone: (safe max, sum)."""
+    m, s = _span_stats(x_row, 0, n_cols, scale, TILE, F64, EVICT)
+    return tl.where(m == -float("inf"), 0.0, m), s
+
+
+@triton.jit
 def _merged_stats(Mp, Sp, row, n_chunks, BLOCK_C: tl.constexpr, VOLATILE: tl.constexpr):
     """Merge the ``n_chunks`` partial states of ``row``: returns (safe max, sum).
     ``VOLATILE``: states other programs of this launch wrote (no cached copy)."""
@@ -118,8 +125,7 @@ def _fwd_apply(X, Y, Mp, Sp, n_cols, span, n_chunks, scale, LOG: tl.constexpr,
     end = tl.minimum(start + span, n_cols)
     x_row = X + row * n_cols
     if SELF_STATS:
-        m, s = _span_stats(x_row, 0, n_cols, scale, TILE, F64, "")
-        m = tl.where(m == -float("inf"), 0.0, m)
+        m, s = _row_state(x_row, n_cols, scale, TILE, F64, "")
     else:
         m, s = _merged_stats(Mp, Sp, row, n_chunks, BLOCK_C, False)
     log_s = tl.log(s)
@@ -193,8 +199,7 @@ def _fwd_coop(X, Y, Mp, Sp, Cnt, n_rows, n_cols, n_chunks, scale, spin, LOG: tl.
         if _all_arrived(Cnt, row, n_chunks, spin):
             m, s = _merged_stats(Mp, Sp, row, n_chunks, BLOCK_C, True)
         else:
-            m, s = _span_stats(X + row * n_cols, 0, n_cols, scale, TILE, F64, "")
-            m = tl.where(m == -float("inf"), 0.0, m)
+            m, s = _row_state(X + row * n_cols, n_cols, scale, TILE, F64, "")
         if LOG:
             y = tl.where(s == 0, -float("inf"), x - m - tl.log(s))
         else:
@@ -242,6 +247,15 @@ def _span_dot(y_row, g_row, start, end, LOG: tl.constexpr, TILE: tl.constexpr,
 
 
 @triton.jit
+def _merged_dot(Dp, row, n_chunks, BLOCK_C: tl.constexpr, VOLATILE: tl.constexpr):
+    """Sum of the ``n_chunks`` partial dots of ``row`` (``VOLATILE``: as
+    :func:`_merged_stats`)."""
+    c = tl.arange(0, BLOCK_C)
+    return tl.sum(tl.load(Dp + row * n_chunks + c, mask=c < n_chunks, other=0.0,
+                          volatile=VOLATILE), 0)
+
+
+@triton.jit
 def _bwd_stats(Yp, G, Dp, n_cols, span, n_chunks, LOG: tl.constexpr, TILE: tl.constexpr,
                F64: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -265,8 +279,7 @@ def _bwd_apply(Yp, G, DX, Dp, n_cols, span, n_chunks, scale, LOG: tl.constexpr,
     if SELF_STATS:
         dot = _span_dot(y_row, g_row, 0, n_cols, LOG, TILE, F64, "")
     else:
-        cc = tl.arange(0, BLOCK_C)
-        dot = tl.sum(tl.load(Dp + row * n_chunks + cc, mask=cc < n_chunks, other=0.0), 0)
+        dot = _merged_dot(Dp, row, n_chunks, BLOCK_C, False)
     cols = tl.arange(0, TILE)
     for off in range(start, end, TILE):
         idx = off + cols
@@ -312,9 +325,7 @@ def _bwd_coop(Yp, G, DX, Dp, Cnt, n_rows, n_cols, n_chunks, scale, spin, LOG: tl
             gr = tl.load(G + nxt * n_cols + cols, mask=nxt_ok, other=0.0)
             yr = tl.load(Yp + nxt * n_cols + cols, mask=nxt_ok, other=y_other)
         if _all_arrived(Cnt, row, n_chunks, spin):
-            cc = tl.arange(0, BLOCK_C)
-            dot = tl.sum(tl.load(Dp + row * n_chunks + cc, mask=cc < n_chunks, other=0.0,
-                                 volatile=True), 0)
+            dot = _merged_dot(Dp, row, n_chunks, BLOCK_C, True)
         else:
             dot = _span_dot(Yp + row * n_cols, G + row * n_cols, 0, n_cols, LOG, TILE, F64, "")
         if LOG:
@@ -338,8 +349,7 @@ def _fwd_rows(X, Y, n_rows, n_cols, scale, LOG: tl.constexpr, TILE: tl.constexpr
         row = (first + i * tl.num_programs(0)).to(tl.int64)
         x_row = X + row * n_cols
         y_row = Y + row * n_cols
-        m, s = _span_stats(x_row, 0, n_cols, scale, TILE, F64, KEEP)
-        m = tl.where(m == -float("inf"), 0.0, m)
+        m, s = _row_state(x_row, n_cols, scale, TILE, F64, KEEP)
         log_s = tl.log(s)
         inv_s = 1.0 / tl.where(s == 0, 1.0, s)
         for j in range(0, n_tiles):
@@ -416,7 +426,7 @@ def softmax_forward(x: torch.Tensor, scale: float, log: bool) -> torch.Tensor:
         states = torch.empty((2, m, c.n_chunks), dtype=L.acc_dtype(x), device=x.device)
         count = torch.zeros(m, dtype=torch.int32, device=x.device)
         _fwd_coop[c.grid](x, y, states[0], states[1], count, m, n, c.n_chunks, scale, c.spin,
-                          LOG=log, CHUNK=c.chunk, BLOCK_C=c.block_c, TILE=min(L.TILE, c.chunk),
+                          LOG=log, CHUNK=c.chunk, BLOCK_C=c.block_c, TILE=c.tile,
                           PREFETCH=L.COOP_PREFETCH, F64=f64, num_warps=c.num_warps)
         return y
     p = L.multi_block(m, n, x.device)
@@ -461,7 +471,7 @@ def softmax_backward(y: torch.Tensor, g: torch.Tensor, scale: float, log: bool) 
         dp = torch.empty((m, c.n_chunks), dtype=L.acc_dtype(y), device=y.device)
         count = torch.zeros(m, dtype=torch.int32, device=y.device)
         _bwd_coop[c.grid](y, g, dx, dp, count, m, n, c.n_chunks, scale, c.spin, LOG=log,
-                          CHUNK=c.chunk, BLOCK_C=c.block_c, TILE=min(L.TILE, c.chunk),
+                          CHUNK=c.chunk, BLOCK_C=c.block_c, TILE=c.tile,
                           PREFETCH=L.COOP_PREFETCH, F64=f64, num_warps=c.num_warps)
         return dx
     p = L.multi_block(m, n, y.device)
